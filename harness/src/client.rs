@@ -1,0 +1,192 @@
+//! HTTP requests and open-loop load. Open loop: arrivals follow the schedule whatever the
+//! server does, so a slow server cannot slow the offered load down.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request to send: method, path (with query), headers.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Req {
+    pub fn get(path: &str) -> Req {
+        Req {
+            method: "GET".into(),
+            path: path.into(),
+            headers: Vec::new(),
+        }
+    }
+    pub fn method(mut self, m: &str) -> Req {
+        self.method = m.into();
+        self
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Req {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+fn client(local_address: Option<IpAddr>) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_local_address(local_address);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(4096)
+        .build(connector)
+}
+
+async fn send(c: &HttpClient, port: u16, req: &Req, timeout: Duration) -> Result<Response, String> {
+    let mut b = hyper::Request::builder()
+        .method(req.method.as_str())
+        .uri(format!("http://127.0.0.1:{port}{}", req.path));
+    for (k, v) in &req.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    let request = b.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = c.request(request).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).to_string(),
+                )
+            })
+            .collect();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes()
+            .to_vec();
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| "timeout".to_string())?
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => unreachable!("cannot start a tokio runtime: {e}"),
+    }
+}
+
+/// One blocking request to 127.0.0.1:`port`.
+pub fn request(port: u16, req: &Req) -> Result<Response, String> {
+    runtime().block_on(async { send(&client(None), port, req, Duration::from_secs(10)).await })
+}
+
+/// Several requests, one after another, on kept-alive connections.
+pub fn requests(port: u16, reqs: &[Req]) -> Vec<Result<Response, String>> {
+    runtime().block_on(async {
+        let c = client(None);
+        let mut out = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            out.push(send(&c, port, r, Duration::from_secs(10)).await);
+        }
+        out
+    })
+}
+
+/// What open-loop load sends, and how fast.
+pub struct Load {
+    pub port: u16,
+    pub rate_per_s: f64,
+    pub duration: Duration,
+    /// The n-th request (n from 0): what to send and a label to report it under.
+    pub make: Arc<dyn Fn(u64) -> (Req, &'static str) + Send + Sync>,
+    pub timeout: Duration,
+    pub local_address: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub label: &'static str,
+    /// When the request was scheduled, from the start of the load.
+    pub at: Duration,
+    /// `None`: no response (connection error or timeout).
+    pub status: Option<u16>,
+    pub latency: Duration,
+    /// The response's `x-surgeguard` header, if any.
+    pub surgeguard: Option<String>,
+}
+
+/// Sends `rate_per_s` requests per second for `duration`, evenly spaced, each on its own task
+/// (so slow responses never delay later arrivals), and waits for all of them.
+pub fn open_loop(load: Load) -> Vec<Outcome> {
+    runtime().block_on(async move {
+        let c = client(load.local_address);
+        let total = (load.rate_per_s * load.duration.as_secs_f64()).round() as u64;
+        let interval = Duration::from_secs_f64(1.0 / load.rate_per_s);
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(total as usize);
+        for n in 0..total {
+            let due = start + interval.mul_f64(n as f64);
+            tokio::time::sleep_until(due.into()).await;
+            let (req, label) = (load.make)(n);
+            let c = c.clone();
+            let (port, timeout) = (load.port, load.timeout);
+            tasks.push(tokio::spawn(async move {
+                let t0 = Instant::now();
+                let r = send(&c, port, &req, timeout).await;
+                Outcome {
+                    label,
+                    at: due.saturating_duration_since(start),
+                    status: r.as_ref().ok().map(|r| r.status),
+                    latency: t0.elapsed(),
+                    surgeguard: r
+                        .ok()
+                        .and_then(|r| r.header("x-surgeguard").map(str::to_string)),
+                }
+            }));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            if let Ok(o) = t.await {
+                out.push(o);
+            }
+        }
+        out
+    })
+}

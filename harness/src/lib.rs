@@ -1,0 +1,29 @@
+//! Host-side helpers shared by the end-to-end tests, the demo and the benchmark.
+//!
+//! - [`envoy`]: find and run a real Envoy (with the real `.wasm`), stopped on drop;
+//! - [`upstream`]: an HTTP upstream on 127.0.0.1 that measures its own concurrency;
+//! - [`client`]: HTTP requests and open-loop load through Envoy.
+//!
+//! Every process and server started here stops when its handle is dropped, also on panic.
+//! Ports are never fixed: servers bind port 0 and report what they got.
+
+pub mod client;
+pub mod envoy;
+pub mod upstream;
+
+use std::path::PathBuf;
+
+/// The repository root (this crate lives in `harness/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// The filter under test: `SURGEGUARD_WASM`, else `dist/surgeguard.wasm` (built by `./build.sh`).
+pub fn wasm_path() -> PathBuf {
+    std::env::var_os("SURGEGUARD_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("dist/surgeguard.wasm"))
+}

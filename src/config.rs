@@ -1,0 +1,829 @@
+//! The plugin configuration: parse -> validate -> compile, all in this file.
+//!
+//! Invariants of a compiled [`Policy`]:
+//! - every class, rule and limit index is in range; names are unique and safe in metric names;
+//! - every number is in the range its field documents, so the arithmetic in `bucket` and
+//!   `inflight` cannot overflow;
+//! - a configuration with any problem compiles to nothing: every problem is reported, each as
+//!   `<path>: <message>, got <value>` (or `<path>: unknown field`).
+//!
+//! The JSON is read with serde_json into a `Value` and walked by hand, so that every problem is
+//! found in one pass with its exact path (serde's derive stops at the first error and loses it).
+
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Default and bounds, kept together so the README reference can be checked against them.
+pub const DEFAULT_MAX_KEYS: u64 = 10_000;
+pub const MAX_MAX_KEYS: u64 = 1_000_000;
+pub const MAX_TOKENS_PER_SECOND: f64 = 1e9;
+pub const MAX_BURST: u64 = 1_000_000_000;
+/// `burst / tokens_per_second` bound: keeps `burst_ns` well inside u64.
+pub const MAX_WINDOW_S: f64 = 1e9;
+pub const MAX_IN_FLIGHT: u64 = 1_000_000;
+pub const DEFAULT_SHED_RETRY_AFTER_S: u64 = 1;
+pub const NS_PER_S: u64 = 1_000_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+    /// The offending value rendered as JSON; `None` for an unknown or missing field.
+    pub got: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.got {
+            Some(got) => write!(f, "{}: {}, got {}", self.path, self.message, got),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Class {
+    pub name: String,
+    /// Share of every capacity this class may not use, 0.0 ..= 1.0.
+    pub reserve: f64,
+}
+
+/// A compiled `match`: every given condition must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Matcher {
+    pub path_prefix: Option<Vec<u8>>,
+    pub path: Option<Vec<u8>>,
+    pub methods: Option<Vec<Vec<u8>>>,
+    pub header: Option<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderMatch {
+    /// Index into [`Policy::header_names`]: the value is fetched once per request.
+    pub slot: usize,
+    pub test: HeaderTest,
+    pub ignore_case: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderTest {
+    Exact(Vec<u8>),
+    Prefix(Vec<u8>),
+    Contains(Vec<u8>),
+    Present(bool),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub matcher: Matcher,
+    pub class: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Global,
+    ClientIp,
+    /// Index into [`Policy::header_names`].
+    Header(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    pub name: String,
+    pub key: KeySource,
+    pub tokens_per_second: f64,
+    pub burst: u64,
+    pub matcher: Option<Matcher>,
+    pub max_keys: u32,
+    /// One token's worth of time, rounded to the nanosecond (>= 1).
+    pub ns_per_token: u64,
+    /// Per class: how far ahead of now the bucket's theoretical arrival time may run after a
+    /// take, i.e. `(1 - reserve) x burst` tokens of time. See `bucket`.
+    pub class_tolerance_ns: Vec<u64>,
+    /// `w` of the IETF headers: `ceil(burst / tokens_per_second)` seconds.
+    pub window_s: u64,
+    /// The `ratelimit-policy` header value, built once.
+    pub policy_header: String,
+    /// Identifies the bucket arithmetic; part of the storage key so a changed rate or burst
+    /// starts from a fresh full bucket while an unchanged limit keeps its state across reloads.
+    pub state_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Concurrency {
+    pub max_in_flight: u32,
+    /// Per class: the highest in-flight count (including this request) the class may reach.
+    pub class_max_in_flight: Vec<u32>,
+    pub retry_after_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub mode: Mode,
+    pub classes: Vec<Class>,
+    pub default_class: usize,
+    pub rules: Vec<Rule>,
+    pub limits: Vec<Limit>,
+    pub concurrency: Option<Concurrency>,
+    /// Lower-case names of the request headers any rule, match or key reads.
+    pub header_names: Vec<String>,
+    pub needs_path: bool,
+    pub needs_method: bool,
+    pub needs_client_ip: bool,
+}
+
+/// Parses, validates and compiles a configuration; all problems or a policy.
+pub fn parse(bytes: &[u8]) -> Result<Policy, Vec<ConfigError>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        vec![ConfigError {
+            path: "configuration".into(),
+            message: format!(
+                "must be UTF-8 JSON (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+            got: None,
+        }]
+    })?;
+    // An absent configuration is an empty object: its required fields then say what is missing.
+    let value: Value = if text.trim().is_empty() {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_str(text).map_err(|e| {
+            vec![ConfigError {
+                path: "configuration".into(),
+                message: format!(
+                    "invalid JSON ({} at line {} column {})",
+                    json_error_kind(&e),
+                    e.line(),
+                    e.column()
+                ),
+                got: None,
+            }]
+        })?
+    };
+    let mut c = Compiler::default();
+    let policy = c.policy(&value);
+    match policy {
+        Some(p) if c.errors.is_empty() => Ok(p),
+        _ => Err(c.errors),
+    }
+}
+
+fn json_error_kind(e: &serde_json::Error) -> String {
+    // serde_json's message ends with " at line L column C"; keep only the description.
+    let full = e.to_string();
+    match full.rfind(" at line ") {
+        Some(i) => full.chars().take(i).collect(),
+        None => full,
+    }
+}
+
+/// Renders a value for an error message: compact JSON, cut short if long.
+fn render(v: &Value) -> String {
+    const MAX_CHARS: usize = 80;
+    let s = v.to_string();
+    if s.chars().count() > MAX_CHARS {
+        let cut: String = s.chars().take(MAX_CHARS).collect();
+        format!("{cut}...")
+    } else {
+        s
+    }
+}
+
+fn field_path(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}.{name}")
+    }
+}
+
+#[derive(Default)]
+struct Compiler {
+    errors: Vec<ConfigError>,
+    header_names: Vec<String>,
+}
+
+impl Compiler {
+    fn error(&mut self, path: &str, message: impl Into<String>, got: Option<&Value>) {
+        self.errors.push(ConfigError {
+            path: path.to_string(),
+            message: message.into(),
+            got: got.map(render),
+        });
+    }
+
+    /// Checks that `v` is an object with only `known` fields.
+    fn object<'v>(
+        &mut self,
+        path: &str,
+        v: &'v Value,
+        known: &[&str],
+    ) -> Option<&'v Map<String, Value>> {
+        let Some(map) = v.as_object() else {
+            let p = if path.is_empty() {
+                "configuration"
+            } else {
+                path
+            };
+            self.error(p, "must be an object", Some(v));
+            return None;
+        };
+        for key in map.keys() {
+            if !known.contains(&key.as_str()) {
+                self.error(&field_path(path, key), "unknown field", None);
+            }
+        }
+        Some(map)
+    }
+
+    fn string<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v str> {
+        let s = v.as_str();
+        if s.is_none() {
+            self.error(path, "must be a string", Some(v));
+        }
+        s
+    }
+
+    fn non_empty_string<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v str> {
+        let s = self.string(path, v)?;
+        if s.is_empty() {
+            self.error(path, "must not be empty", Some(v));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn bool(&mut self, path: &str, v: &Value) -> Option<bool> {
+        let b = v.as_bool();
+        if b.is_none() {
+            self.error(path, "must be true or false", Some(v));
+        }
+        b
+    }
+
+    fn number(&mut self, path: &str, v: &Value) -> Option<f64> {
+        let n = v.as_f64();
+        if n.is_none() {
+            self.error(path, "must be a number", Some(v));
+        }
+        n
+    }
+
+    /// An integer in `min..=max`.
+    fn integer(&mut self, path: &str, v: &Value, min: u64, max: u64) -> Option<u64> {
+        let n = self.number(path, v)?;
+        if n < min as f64 {
+            self.error(path, format!("must be >= {min}"), Some(v));
+            return None;
+        }
+        if n > max as f64 {
+            self.error(path, format!("must be <= {max}"), Some(v));
+            return None;
+        }
+        if n.fract() != 0.0 {
+            self.error(path, "must be a whole number", Some(v));
+            return None;
+        }
+        Some(n as u64)
+    }
+
+    fn array<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v Vec<Value>> {
+        let a = v.as_array();
+        if a.is_none() {
+            self.error(path, "must be a list", Some(v));
+        }
+        a
+    }
+
+    /// A name used in metric names and headers: letters, digits, `_` and `-`.
+    fn name(&mut self, path: &str, v: &Value) -> Option<String> {
+        let s = self.non_empty_string(path, v)?;
+        let ok = s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            self.error(path, "must be 1 to 64 of A-Z a-z 0-9 _ -", Some(v));
+            return None;
+        }
+        Some(s.to_string())
+    }
+
+    fn header_slot(&mut self, path: &str, v: &Value) -> Option<usize> {
+        let s = self.non_empty_string(path, v)?;
+        let is_token = s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:".contains(&b));
+        if !is_token || (s.starts_with(':') && s.len() == 1) {
+            self.error(path, "must be an HTTP header name", Some(v));
+            return None;
+        }
+        let lower = s.to_ascii_lowercase();
+        Some(match self.header_names.iter().position(|h| *h == lower) {
+            Some(i) => i,
+            None => {
+                self.header_names.push(lower);
+                self.header_names.len() - 1
+            }
+        })
+    }
+
+    fn policy(&mut self, v: &Value) -> Option<Policy> {
+        const FIELDS: &[&str] = &[
+            "mode",
+            "classes",
+            "default_class",
+            "rules",
+            "limits",
+            "concurrency",
+        ];
+        let root = self.object("", v, FIELDS)?;
+
+        let mode = match root.get("mode") {
+            None => Some(Mode::Enforce),
+            Some(m) => match m.as_str() {
+                Some("enforce") => Some(Mode::Enforce),
+                Some("shadow") => Some(Mode::Shadow),
+                _ => {
+                    self.error("mode", "must be \"enforce\" or \"shadow\"", Some(m));
+                    None
+                }
+            },
+        };
+
+        let classes = match root.get("classes") {
+            None => Some(vec![Class {
+                name: "default".into(),
+                reserve: 0.0,
+            }]),
+            Some(c) => self.classes(c),
+        };
+        let class_names: Vec<String> = classes.iter().flatten().map(|c| c.name.clone()).collect();
+
+        let default_class = match (root.get("default_class"), classes.as_ref()) {
+            (None, Some(cs)) => Some(cs.len().saturating_sub(1)),
+            (Some(d), Some(_)) => self.class_ref("default_class", d, &class_names),
+            (_, None) => None,
+        };
+
+        let rules = match root.get("rules") {
+            None => Some(Vec::new()),
+            Some(r) => self.rules(r, &class_names),
+        };
+
+        let limits = match root.get("limits") {
+            None => Some(Vec::new()),
+            Some(l) => self.limits(l, classes.as_deref().unwrap_or(&[])),
+        };
+
+        let concurrency = match root.get("concurrency") {
+            None => Some(None),
+            Some(c) => self
+                .concurrency(c, classes.as_deref().unwrap_or(&[]))
+                .map(Some),
+        };
+
+        let (mode, classes, default_class, rules, limits, concurrency) = (
+            mode?,
+            classes?,
+            default_class?,
+            rules?,
+            limits?,
+            concurrency?,
+        );
+        let needs_path = rules
+            .iter()
+            .map(|r| &r.matcher)
+            .chain(limits.iter().filter_map(|l| l.matcher.as_ref()))
+            .any(|m| m.path.is_some() || m.path_prefix.is_some());
+        let needs_method = rules
+            .iter()
+            .map(|r| &r.matcher)
+            .chain(limits.iter().filter_map(|l| l.matcher.as_ref()))
+            .any(|m| m.methods.is_some());
+        let needs_client_ip = limits.iter().any(|l| l.key == KeySource::ClientIp);
+        Some(Policy {
+            mode,
+            classes,
+            default_class,
+            rules,
+            limits,
+            concurrency,
+            header_names: std::mem::take(&mut self.header_names),
+            needs_path,
+            needs_method,
+            needs_client_ip,
+        })
+    }
+
+    fn classes(&mut self, v: &Value) -> Option<Vec<Class>> {
+        let list = self.array("classes", v)?;
+        if list.is_empty() {
+            self.error("classes", "must name at least one class", Some(v));
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, c) in list.iter().enumerate() {
+            let path = format!("classes[{i}]");
+            let Some(obj) = self.object(&path, c, &["name", "reserve"]) else {
+                ok = false;
+                continue;
+            };
+            let name = match obj.get("name") {
+                Some(n) => self.name(&format!("{path}.name"), n),
+                None => {
+                    self.error(&format!("{path}.name"), "required", None);
+                    None
+                }
+            };
+            if let Some(n) = &name {
+                if out.iter().any(|c: &Class| c.name == *n) {
+                    self.error(
+                        &format!("{path}.name"),
+                        "duplicate class name",
+                        obj.get("name"),
+                    );
+                    ok = false;
+                }
+            }
+            let reserve = match obj.get("reserve") {
+                None => Some(0.0),
+                Some(r) => self.number(&format!("{path}.reserve"), r).and_then(|x| {
+                    if (0.0..=1.0).contains(&x) {
+                        Some(x)
+                    } else {
+                        self.error(
+                            &format!("{path}.reserve"),
+                            "must be between 0.0 and 1.0",
+                            Some(r),
+                        );
+                        None
+                    }
+                }),
+            };
+            match (name, reserve) {
+                (Some(name), Some(reserve)) => out.push(Class { name, reserve }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn class_ref(&mut self, path: &str, v: &Value, class_names: &[String]) -> Option<usize> {
+        let s = self.string(path, v)?;
+        let i = class_names.iter().position(|c| c == s);
+        if i.is_none() {
+            self.error(
+                path,
+                format!("must name a class ({})", class_names.join(", ")),
+                Some(v),
+            );
+        }
+        i
+    }
+
+    fn rules(&mut self, v: &Value, class_names: &[String]) -> Option<Vec<Rule>> {
+        let list = self.array("rules", v)?;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, r) in list.iter().enumerate() {
+            let path = format!("rules[{i}]");
+            let Some(obj) = self.object(&path, r, &["match", "class"]) else {
+                ok = false;
+                continue;
+            };
+            let matcher = match obj.get("match") {
+                None => Some(Matcher::default()),
+                Some(m) => self.matcher(&format!("{path}.match"), m),
+            };
+            let class = match obj.get("class") {
+                Some(c) => self.class_ref(&format!("{path}.class"), c, class_names),
+                None => {
+                    self.error(&format!("{path}.class"), "required", None);
+                    None
+                }
+            };
+            match (matcher, class) {
+                (Some(matcher), Some(class)) => out.push(Rule { matcher, class }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn matcher(&mut self, path: &str, v: &Value) -> Option<Matcher> {
+        let obj = self.object(path, v, &["path_prefix", "path", "methods", "header"])?;
+        let errors_before = self.errors.len();
+        let mut m = Matcher::default();
+        if let Some(p) = obj.get("path_prefix") {
+            m.path_prefix = self.request_path(&field_path(path, "path_prefix"), p);
+        }
+        if let Some(p) = obj.get("path") {
+            m.path = self.request_path(&field_path(path, "path"), p);
+        }
+        if let Some(ms) = obj.get("methods") {
+            let mpath = field_path(path, "methods");
+            if let Some(list) = self.array(&mpath, ms) {
+                if list.is_empty() {
+                    self.error(&mpath, "must list at least one method", Some(ms));
+                }
+                let mut methods = Vec::new();
+                for (i, method) in list.iter().enumerate() {
+                    let p = format!("{mpath}[{i}]");
+                    if let Some(s) = self.non_empty_string(&p, method) {
+                        if s.bytes()
+                            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+                        {
+                            methods.push(s.as_bytes().to_vec());
+                        } else {
+                            self.error(&p, "must be an upper-case HTTP method", Some(method));
+                        }
+                    }
+                }
+                m.methods = Some(methods);
+            }
+        }
+        if let Some(h) = obj.get("header") {
+            m.header = self.header_match(&field_path(path, "header"), h);
+        }
+        (self.errors.len() == errors_before).then_some(m)
+    }
+
+    fn request_path(&mut self, path: &str, v: &Value) -> Option<Vec<u8>> {
+        let s = self.string(path, v)?;
+        if !s.starts_with('/') || s.contains('?') {
+            self.error(path, "must start with / and hold no query string", Some(v));
+            return None;
+        }
+        Some(s.as_bytes().to_vec())
+    }
+
+    fn header_match(&mut self, path: &str, v: &Value) -> Option<HeaderMatch> {
+        let obj = self.object(
+            path,
+            v,
+            &[
+                "name",
+                "exact",
+                "prefix",
+                "contains",
+                "present",
+                "ignore_case",
+            ],
+        )?;
+        let slot = match obj.get("name") {
+            Some(n) => self.header_slot(&field_path(path, "name"), n),
+            None => {
+                self.error(&field_path(path, "name"), "required", None);
+                None
+            }
+        };
+        let ignore_case = match obj.get("ignore_case") {
+            None => Some(false),
+            Some(b) => self.bool(&field_path(path, "ignore_case"), b),
+        };
+        let given: Vec<&str> = ["exact", "prefix", "contains", "present"]
+            .into_iter()
+            .filter(|k| obj.contains_key(*k))
+            .collect();
+        if given.len() != 1 {
+            self.error(
+                path,
+                "must give exactly one of exact, prefix, contains, present",
+                Some(v),
+            );
+            return None;
+        }
+        let key = given.first().copied().unwrap_or("present");
+        let fv = obj.get(key).unwrap_or(&Value::Null);
+        let fpath = field_path(path, key);
+        let case = |s: &str| {
+            if ignore_case == Some(true) {
+                s.to_ascii_lowercase().into_bytes()
+            } else {
+                s.as_bytes().to_vec()
+            }
+        };
+        let test = match key {
+            "exact" => self.string(&fpath, fv).map(|s| HeaderTest::Exact(case(s))),
+            "prefix" => self.string(&fpath, fv).map(|s| HeaderTest::Prefix(case(s))),
+            "contains" => self
+                .string(&fpath, fv)
+                .map(|s| HeaderTest::Contains(case(s))),
+            _ => self.bool(&fpath, fv).map(HeaderTest::Present),
+        };
+        Some(HeaderMatch {
+            slot: slot?,
+            test: test?,
+            ignore_case: ignore_case?,
+        })
+    }
+
+    fn limits(&mut self, v: &Value, classes: &[Class]) -> Option<Vec<Limit>> {
+        const FIELDS: &[&str] = &[
+            "name",
+            "key",
+            "tokens_per_second",
+            "burst",
+            "match",
+            "max_keys",
+        ];
+        let list = self.array("limits", v)?;
+        let mut out: Vec<Limit> = Vec::new();
+        let mut ok = true;
+        for (i, l) in list.iter().enumerate() {
+            let path = format!("limits[{i}]");
+            let Some(obj) = self.object(&path, l, FIELDS) else {
+                ok = false;
+                continue;
+            };
+            let errors_before = self.errors.len();
+            let p = |f: &str| format!("{path}.{f}");
+            let name = match obj.get("name") {
+                Some(n) => self.name(&p("name"), n),
+                None => {
+                    self.error(&p("name"), "required", None);
+                    None
+                }
+            };
+            if let Some(n) = &name {
+                if out.iter().any(|l| l.name == *n) {
+                    self.error(&p("name"), "duplicate limit name", obj.get("name"));
+                }
+            }
+            let key = match obj.get("key") {
+                None => Some(KeySource::Global),
+                Some(k) => self.key_source(&p("key"), k),
+            };
+            let rate = match obj.get("tokens_per_second") {
+                None => {
+                    self.error(&p("tokens_per_second"), "required", None);
+                    None
+                }
+                Some(r) => self.number(&p("tokens_per_second"), r).and_then(|x| {
+                    if x > 0.0 && x <= MAX_TOKENS_PER_SECOND {
+                        Some(x)
+                    } else {
+                        self.error(
+                            &p("tokens_per_second"),
+                            format!("must be > 0 and <= {MAX_TOKENS_PER_SECOND:e}"),
+                            Some(r),
+                        );
+                        None
+                    }
+                }),
+            };
+            let burst = match obj.get("burst") {
+                None => {
+                    self.error(&p("burst"), "required", None);
+                    None
+                }
+                Some(b) => self.integer(&p("burst"), b, 1, MAX_BURST),
+            };
+            let matcher = match obj.get("match") {
+                None => Some(None),
+                Some(m) => self.matcher(&p("match"), m).map(Some),
+            };
+            let max_keys = match obj.get("max_keys") {
+                None => Some(DEFAULT_MAX_KEYS),
+                Some(m) => {
+                    let n = self.integer(&p("max_keys"), m, 1, MAX_MAX_KEYS);
+                    if n.is_some() && key == Some(KeySource::Global) {
+                        self.error(
+                            &p("max_keys"),
+                            "applies only to a keyed limit (client_ip or header)",
+                            Some(m),
+                        );
+                    }
+                    n
+                }
+            };
+            if let (Some(rate), Some(burst)) = (rate, burst) {
+                if burst as f64 / rate > MAX_WINDOW_S {
+                    self.error(
+                        &p("burst"),
+                        format!("burst / tokens_per_second must be <= {MAX_WINDOW_S:e} seconds"),
+                        obj.get("burst"),
+                    );
+                }
+            }
+            if self.errors.len() != errors_before {
+                ok = false;
+                continue;
+            }
+            let (Some(name), Some(key), Some(rate), Some(burst), Some(matcher), Some(max_keys)) =
+                (name, key, rate, burst, matcher, max_keys)
+            else {
+                ok = false;
+                continue;
+            };
+            out.push(compile_limit(
+                name,
+                key,
+                rate,
+                burst,
+                matcher,
+                max_keys as u32,
+                classes,
+            ));
+        }
+        ok.then_some(out)
+    }
+
+    fn key_source(&mut self, path: &str, v: &Value) -> Option<KeySource> {
+        match v {
+            Value::String(s) if s == "global" => Some(KeySource::Global),
+            Value::String(s) if s == "client_ip" => Some(KeySource::ClientIp),
+            Value::Object(_) => {
+                let obj = self.object(path, v, &["header"])?;
+                match obj.get("header") {
+                    Some(h) => self
+                        .header_slot(&field_path(path, "header"), h)
+                        .map(KeySource::Header),
+                    None => {
+                        self.error(&field_path(path, "header"), "required", None);
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.error(
+                    path,
+                    "must be \"global\", \"client_ip\" or {\"header\": NAME}",
+                    Some(v),
+                );
+                None
+            }
+        }
+    }
+
+    fn concurrency(&mut self, v: &Value, classes: &[Class]) -> Option<Concurrency> {
+        let obj = self.object("concurrency", v, &["max_in_flight", "retry_after_s"])?;
+        let max = match obj.get("max_in_flight") {
+            Some(m) => self.integer("concurrency.max_in_flight", m, 1, MAX_IN_FLIGHT),
+            None => {
+                self.error("concurrency.max_in_flight", "required", None);
+                None
+            }
+        };
+        let retry_after_s = match obj.get("retry_after_s") {
+            None => Some(DEFAULT_SHED_RETRY_AFTER_S),
+            Some(r) => self.integer("concurrency.retry_after_s", r, 1, 3600),
+        };
+        let (max, retry_after_s) = (max?, retry_after_s?);
+        let class_max_in_flight = classes
+            .iter()
+            // in_flight + 1 <= (1 - reserve) x max; the epsilon absorbs 0.8 x 200 = 159.99999.
+            .map(|c| ((1.0 - c.reserve) * max as f64 + 1e-9).floor() as u32)
+            .collect();
+        Some(Concurrency {
+            max_in_flight: max as u32,
+            class_max_in_flight,
+            retry_after_s,
+        })
+    }
+}
+
+fn compile_limit(
+    name: String,
+    key: KeySource,
+    tokens_per_second: f64,
+    burst: u64,
+    matcher: Option<Matcher>,
+    max_keys: u32,
+    classes: &[Class],
+) -> Limit {
+    let ns_per_token = ((NS_PER_S as f64 / tokens_per_second).round() as u64).max(1);
+    let class_tolerance_ns = classes
+        .iter()
+        .map(|c| {
+            // The bucket admits iff, after the take, reserve x burst tokens remain: the arrival
+            // time may then run at most (1 - reserve) x burst tokens of time ahead of now.
+            let tokens = (1.0 - c.reserve) * burst as f64;
+            (tokens * ns_per_token as f64 + 1e-6).floor() as u64
+        })
+        .collect();
+    let window_s = (burst as f64 / tokens_per_second).ceil().max(1.0) as u64;
+    let policy_header = format!("\"{name}\";q={burst};w={window_s}");
+    let state_id = format!("{name}@{ns_per_token}x{burst}");
+    Limit {
+        name,
+        key,
+        tokens_per_second,
+        burst,
+        matcher,
+        max_keys,
+        ns_per_token,
+        class_tolerance_ns,
+        window_s,
+        policy_header,
+        state_id,
+    }
+}

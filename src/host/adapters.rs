@@ -1,0 +1,87 @@
+//! Adapters from the proxy's host calls to the core's traits: clock, shared data, metrics.
+//! No host call here can panic: failures become `StoreError` or are ignored where harmless.
+
+use crate::store::{SharedStore, StoreError};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{MetricType, Status};
+use std::cell::Cell;
+use std::time::UNIX_EPOCH;
+
+/// Wall-clock nanoseconds from the proxy (the bucket arithmetic tolerates steps backwards).
+pub fn now_ns() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Envoy's shared data: one map per `vm_id`, shared by every worker.
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn load(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(bytes), Some(version))) => Ok(Some((bytes, version))),
+            Ok(_) => Ok(None),
+            Err(_) => Err(StoreError),
+        }
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        value: &[u8],
+        version: Option<u32>,
+    ) -> Result<bool, StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), version) {
+            Ok(()) => Ok(true),
+            Err(Status::CasMismatch) => Ok(false),
+            Err(_) => Err(StoreError),
+        }
+    }
+}
+
+/// Metric ids, defined once per configuration. An id of `None` (the host refused to define
+/// it) makes that counter a no-op rather than a failure.
+#[derive(Default)]
+pub struct Metrics {
+    pub counters: Vec<Option<u32>>,
+    pub in_flight: Option<u32>,
+    /// Last gauge value written by this VM, to skip redundant host calls.
+    last_in_flight: Cell<u64>,
+}
+
+pub fn define(kind: MetricType, name: &str) -> Option<u32> {
+    hostcalls::define_metric(kind, name).ok()
+}
+
+impl Metrics {
+    pub fn new(counter_names: &[String], with_in_flight: bool) -> Metrics {
+        Metrics {
+            counters: counter_names
+                .iter()
+                .map(|n| define(MetricType::Counter, n))
+                .collect(),
+            in_flight: if with_in_flight {
+                define(MetricType::Gauge, crate::metrics::IN_FLIGHT_GAUGE)
+            } else {
+                None
+            },
+            last_in_flight: Cell::new(u64::MAX),
+        }
+    }
+
+    pub fn bump(&self, index: usize) {
+        if let Some(Some(id)) = self.counters.get(index) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    pub fn set_in_flight(&self, total: u64) {
+        if let Some(id) = self.in_flight {
+            if self.last_in_flight.replace(total) != total {
+                let _ = hostcalls::record_metric(id, total);
+            }
+        }
+    }
+}

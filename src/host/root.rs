@@ -1,0 +1,159 @@
+//! The root context: one per plugin per worker VM. It compiles the configuration (refusing a
+//! bad one whole), owns the metric ids, and keeps this VM's in-flight entry alive.
+
+use super::adapters::{define, now_ns, HostStore, Metrics};
+use super::http::RequestFilter;
+use crate::decision::Guard;
+use crate::inflight::HEARTBEAT_PERIOD_MS;
+use crate::store::{read_u64, SharedStore};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, MetricType};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The configuration in force and what serving it needs; shared by this plugin's requests.
+pub struct Active {
+    pub guard: Guard,
+    pub metrics: Metrics,
+    pub instance: u32,
+}
+
+#[derive(Default)]
+pub struct SurgeguardRoot {
+    active: Option<Rc<Active>>,
+    config_rejected: Option<u32>,
+}
+
+thread_local! {
+    /// This VM's id in the in-flight table; 0 until allocated. A restarted VM gets a new one.
+    static INSTANCE: Cell<u32> = const { Cell::new(0) };
+}
+
+const INSTANCE_COUNTER_KEY: &str = "surgeguard/instances";
+const SEED_KEY: &str = "surgeguard/seed";
+
+/// Allocates this VM's instance id from a shared counter (compare-and-swap).
+fn instance_id() -> u32 {
+    let current = INSTANCE.with(Cell::get);
+    if current != 0 {
+        return current;
+    }
+    let store = HostStore;
+    let mut id = 1;
+    for _ in 0..32 {
+        let loaded = store.load(INSTANCE_COUNTER_KEY).ok().flatten();
+        let version = loaded.as_ref().map(|(_, v)| *v);
+        id = loaded.and_then(|(b, _)| read_u64(&b, 0)).unwrap_or(0) as u32 + 1;
+        if let Ok(true) =
+            store.compare_and_swap(INSTANCE_COUNTER_KEY, &u64::from(id).to_le_bytes(), version)
+        {
+            break;
+        }
+    }
+    INSTANCE.with(|c| c.set(id));
+    id
+}
+
+/// The key-hashing seed: made once per Envoy process by whichever VM configures first
+/// (the main thread, before any worker) and read by every other.
+fn shared_seed() -> u64 {
+    let store = HostStore;
+    if let Some(seed) = store
+        .load(SEED_KEY)
+        .ok()
+        .flatten()
+        .and_then(|(b, _)| read_u64(&b, 0))
+    {
+        return seed;
+    }
+    let seed = now_ns() ^ 0x5eed_5eed_0000_0000 ^ (u64::from(instance_id()) << 17);
+    let _ = store.compare_and_swap(SEED_KEY, &seed.to_le_bytes(), None);
+    store
+        .load(SEED_KEY)
+        .ok()
+        .flatten()
+        .and_then(|(b, _)| read_u64(&b, 0))
+        .unwrap_or(seed)
+}
+
+fn plugin_name() -> String {
+    hostcalls::get_property(vec!["plugin_name"])
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default()
+}
+
+impl Context for SurgeguardRoot {}
+
+impl RootContext for SurgeguardRoot {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        if self.config_rejected.is_none() {
+            self.config_rejected = define(MetricType::Counter, crate::metrics::CONFIG_REJECTED);
+        }
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let policy = match crate::config::parse(&bytes) {
+            Ok(p) => p,
+            Err(errors) => {
+                for e in &errors {
+                    log::error!("surgeguard: configuration refused: {e}");
+                }
+                if let Some(id) = self.config_rejected {
+                    let _ = hostcalls::increment_metric(id, 1);
+                }
+                // Refusing keeps the previous configuration (over xDS) or stops start-up.
+                return false;
+            }
+        };
+        let namespace = format!("surgeguard/{}", plugin_name());
+        let guard = Guard::new(policy, &namespace, shared_seed());
+        let names = crate::metrics::counter_names(&guard.policy);
+        let metrics = Metrics::new(&names, guard.policy.concurrency.is_some());
+        let instance = instance_id();
+        if guard.policy.concurrency.is_some() {
+            let _ = hostcalls::set_tick_period(Duration::from_millis(HEARTBEAT_PERIOD_MS));
+        }
+        log::info!(
+            "surgeguard: configuration accepted: mode {:?}, {} classes, {} rules, {} limits, in-flight limit {}",
+            guard.policy.mode,
+            guard.policy.classes.len(),
+            guard.policy.rules.len(),
+            guard.policy.limits.len(),
+            guard.policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string())
+        );
+        self.active = Some(Rc::new(Active {
+            guard,
+            metrics,
+            instance,
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(a) = &self.active {
+            if let Some(total) = a.guard.heartbeat(a.instance, now_ns(), &HostStore) {
+                a.metrics.set_in_flight(total);
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Without an accepted configuration there is no root to serve; Envoy never gets here
+        // then, since a refused configuration stops the filter from being installed.
+        let active = self.active.clone()?;
+        Some(Box::new(RequestFilter::new(active)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

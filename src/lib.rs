@@ -1,0 +1,24 @@
+//! surgeguard: token-bucket admission and priority shedding for Envoy, as a proxy-wasm filter.
+//!
+//! The crate is a pure core that builds and tests natively, plus the host glue (`host`) that
+//! exists only in the wasm32-wasip1 module. The core never calls the proxy: time arrives as
+//! `now_ns`, shared state through [`store::SharedStore`].
+//!
+//! - [`config`]: the JSON configuration, parsed, validated and compiled in one place;
+//! - [`classify`]: which class a request is;
+//! - [`bucket`]: token bucket arithmetic on one `u64`;
+//! - [`inflight`]: the cross-worker in-flight table;
+//! - [`decision`]: what happens to one request;
+//! - [`response`], [`metrics`]: what the client and the operator see.
+
+pub mod bucket;
+pub mod classify;
+pub mod config;
+pub mod decision;
+pub mod inflight;
+pub mod metrics;
+pub mod response;
+pub mod store;
+
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
+mod host;

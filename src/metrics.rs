@@ -1,0 +1,89 @@
+//! Every counter surgeguard exports, declared once, and which of them one decision bumps.
+//!
+//! Names (Envoy shows them under its wasm prefix, e.g. `wasmcustom.surgeguard.*`):
+//! - `surgeguard.class.<class>.{admitted,rate_limited,shed,shadow_rate_limited,shadow_shed}`
+//! - `surgeguard.limit.<limit>.{admitted,rate_limited,shadow_rate_limited,key_overflow}`
+//! - `surgeguard.fail_open`, `surgeguard.config_rejected` (counters), `surgeguard.in_flight` (gauge)
+
+use crate::config::{Mode, Policy};
+use crate::decision::{Decision, Verdict};
+
+pub const CLASS_OUTCOMES: [&str; 5] = [
+    "admitted",
+    "rate_limited",
+    "shed",
+    "shadow_rate_limited",
+    "shadow_shed",
+];
+pub const LIMIT_OUTCOMES: [&str; 4] = [
+    "admitted",
+    "rate_limited",
+    "shadow_rate_limited",
+    "key_overflow",
+];
+pub const FAIL_OPEN: &str = "surgeguard.fail_open";
+pub const CONFIG_REJECTED: &str = "surgeguard.config_rejected";
+pub const IN_FLIGHT_GAUGE: &str = "surgeguard.in_flight";
+
+const ADMITTED: usize = 0;
+const RATE_LIMITED: usize = 1;
+const SHED: usize = 2;
+const SHADOW_RATE_LIMITED_CLASS: usize = 3;
+const SHADOW_SHED: usize = 4;
+const SHADOW_RATE_LIMITED_LIMIT: usize = 2;
+const KEY_OVERFLOW: usize = 3;
+
+/// The per-policy counters, in a fixed order: classes x outcomes, limits x outcomes, fail_open.
+pub fn counter_names(policy: &Policy) -> Vec<String> {
+    let mut names = Vec::new();
+    for c in &policy.classes {
+        names.extend(
+            CLASS_OUTCOMES
+                .iter()
+                .map(|o| format!("surgeguard.class.{}.{o}", c.name)),
+        );
+    }
+    for l in &policy.limits {
+        names.extend(
+            LIMIT_OUTCOMES
+                .iter()
+                .map(|o| format!("surgeguard.limit.{}.{o}", l.name)),
+        );
+    }
+    names.push(FAIL_OPEN.to_string());
+    names
+}
+
+/// Indices into [`counter_names`] of the counters one decision adds 1 to.
+pub fn counters_for(policy: &Policy, decision: &Decision) -> Vec<usize> {
+    let shadow = policy.mode == Mode::Shadow;
+    let class_base = decision.class * CLASS_OUTCOMES.len();
+    let limit_base =
+        |l: usize| policy.classes.len() * CLASS_OUTCOMES.len() + l * LIMIT_OUTCOMES.len();
+    let mut out = Vec::with_capacity(2 + decision.limits.len() * 2);
+    match decision.verdict {
+        Verdict::Admitted { .. } => out.push(class_base + ADMITTED),
+        Verdict::RateLimited { .. } => out.push(
+            class_base
+                + if shadow {
+                    SHADOW_RATE_LIMITED_CLASS
+                } else {
+                    RATE_LIMITED
+                },
+        ),
+        Verdict::Shed { .. } => out.push(class_base + if shadow { SHADOW_SHED } else { SHED }),
+        Verdict::FailedOpen => out.push(limit_base(policy.limits.len())),
+    }
+    for l in &decision.limits {
+        let outcome = match (l.admitted, shadow) {
+            (true, _) => ADMITTED,
+            (false, false) => RATE_LIMITED,
+            (false, true) => SHADOW_RATE_LIMITED_LIMIT,
+        };
+        out.push(limit_base(l.limit) + outcome);
+        if l.overflow {
+            out.push(limit_base(l.limit) + KEY_OVERFLOW);
+        }
+    }
+    out
+}

@@ -1,0 +1,1 @@
+fn main() { eprintln!("demo: not built yet"); std::process::exit(1) }

@@ -87,7 +87,7 @@ ensure_wasm_bindgen_runner() {
   local bin=.tools/bin/wasm-bindgen-test-runner
   if [ ! -x "$bin" ] || [ "$("$bin" --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
     say "installing wasm-bindgen-cli $version into .tools/ (once; a few minutes)"
-    cargo install -q --locked --root .tools wasm-bindgen-cli --version "$version" >&2
+    cargo install -q --root .tools wasm-bindgen-cli --version "$version" >&2
   fi
   command -v node >/dev/null 2>&1 || ensure_apt node nodejs
   export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$ROOT/$bin

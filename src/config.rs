@@ -357,14 +357,19 @@ impl Compiler {
             },
         };
 
+        // Names are kept even when a class has another problem, so references to it are
+        // still checked (and not reported as unknown).
+        let mut class_names = Vec::new();
         let classes = match root.get("classes") {
-            None => Some(vec![Class {
-                name: "default".into(),
-                reserve: 0.0,
-            }]),
-            Some(c) => self.classes(c),
+            None => {
+                class_names.push("default".to_string());
+                Some(vec![Class {
+                    name: "default".into(),
+                    reserve: 0.0,
+                }])
+            }
+            Some(c) => self.classes(c, &mut class_names),
         };
-        let class_names: Vec<String> = classes.iter().flatten().map(|c| c.name.clone()).collect();
 
         let default_class = match (root.get("default_class"), classes.as_ref()) {
             (None, Some(cs)) => Some(cs.len().saturating_sub(1)),
@@ -422,7 +427,7 @@ impl Compiler {
         })
     }
 
-    fn classes(&mut self, v: &Value) -> Option<Vec<Class>> {
+    fn classes(&mut self, v: &Value, names: &mut Vec<String>) -> Option<Vec<Class>> {
         let list = self.array("classes", v)?;
         if list.is_empty() {
             self.error("classes", "must name at least one class", Some(v));
@@ -444,13 +449,15 @@ impl Compiler {
                 }
             };
             if let Some(n) = &name {
-                if out.iter().any(|c: &Class| c.name == *n) {
+                if names.contains(n) {
                     self.error(
                         &format!("{path}.name"),
                         "duplicate class name",
                         obj.get("name"),
                     );
                     ok = false;
+                } else {
+                    names.push(n.clone());
                 }
             }
             let reserve = match obj.get("reserve") {
@@ -827,3 +834,7 @@ fn compile_limit(
         state_id,
     }
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

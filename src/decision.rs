@@ -416,3 +416,7 @@ fn load_cell(
         overflow,
     })
 }
+
+#[cfg(test)]
+#[path = "decision_tests.rs"]
+mod tests;

@@ -119,8 +119,17 @@ pub fn request(port: u16, req: &Req) -> Result<Response, String> {
 
 /// Several requests, one after another, on kept-alive connections.
 pub fn requests(port: u16, reqs: &[Req]) -> Vec<Result<Response, String>> {
+    requests_from(port, None, reqs)
+}
+
+/// Like [`requests`], from a chosen local address (e.g. 127.0.0.2, to be another client IP).
+pub fn requests_from(
+    port: u16,
+    local_address: Option<IpAddr>,
+    reqs: &[Req],
+) -> Vec<Result<Response, String>> {
     runtime().block_on(async {
-        let c = client(None);
+        let c = client(local_address);
         let mut out = Vec::with_capacity(reqs.len());
         for r in reqs {
             out.push(send(&c, port, r, Duration::from_secs(10)).await);
@@ -189,4 +198,58 @@ pub fn open_loop(load: Load) -> Vec<Outcome> {
         }
         out
     })
+}
+
+/// Sends `total` requests over `connections` concurrent workers, each sending its next request
+/// when the previous one is answered (closed loop: as fast as the server allows). Returns the
+/// count of responses by status (0: no response).
+pub fn closed_loop(
+    port: u16,
+    total: u64,
+    connections: u64,
+    make: Arc<dyn Fn(u64) -> Req + Send + Sync>,
+) -> std::collections::BTreeMap<u16, u64> {
+    runtime().block_on(async move {
+        let c = client(None);
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let (c, next, make) = (c.clone(), Arc::clone(&next), Arc::clone(&make));
+            tasks.push(tokio::spawn(async move {
+                let mut counts = std::collections::BTreeMap::new();
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= total {
+                        return counts;
+                    }
+                    let status = send(&c, port, &make(n), Duration::from_secs(10))
+                        .await
+                        .map_or(0, |r| r.status);
+                    *counts.entry(status).or_insert(0u64) += 1;
+                }
+            }));
+        }
+        let mut all = std::collections::BTreeMap::new();
+        for t in tasks {
+            if let Ok(counts) = t.await {
+                for (k, v) in counts {
+                    *all.entry(k).or_insert(0) += v;
+                }
+            }
+        }
+        all
+    })
+}
+
+/// Writes raw bytes to 127.0.0.1:`port` and returns the status of the reply (`None`: the
+/// connection closed without one). For requests no HTTP client would send.
+pub fn raw_request(port: u16, bytes: &[u8]) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(bytes).ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).ok()?;
+    let head = String::from_utf8_lossy(buf.get(..n)?).to_string();
+    head.split_whitespace().nth(1)?.parse().ok()
 }

@@ -1,0 +1,234 @@
+use super::*;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+fn errors(json: &str) -> Vec<String> {
+    match parse(json.as_bytes()) {
+        Ok(_) => vec![],
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn policy(json: &str) -> Policy {
+    parse(json.as_bytes()).unwrap_or_else(|e| panic!("{json}: {e:?}"))
+}
+
+const CONTRACT_EXAMPLE: &str = r#"{
+  "mode": "enforce",
+  "classes": [
+    { "name": "critical",  "reserve": 0.0 },
+    { "name": "standard",  "reserve": 0.2 },
+    { "name": "sheddable", "reserve": 0.5 }
+  ],
+  "default_class": "standard",
+  "rules": [
+    { "match": { "header": { "name": "user-agent", "contains": "bot" } }, "class": "sheddable" },
+    { "match": { "path_prefix": "/checkout" }, "class": "critical" },
+    { "match": { "path_prefix": "/cart", "methods": ["POST", "PUT", "DELETE"] }, "class": "critical" },
+    { "match": { "path_prefix": "/search" }, "class": "sheddable" }
+  ],
+  "limits": [
+    { "name": "storefront", "key": "global", "tokens_per_second": 500, "burst": 1000 },
+    { "name": "per_client", "key": "client_ip", "tokens_per_second": 20, "burst": 40,
+      "match": { "path_prefix": "/api/" } },
+    { "name": "per_api_key", "key": { "header": "x-api-key" }, "tokens_per_second": 50, "burst": 100 }
+  ],
+  "concurrency": { "max_in_flight": 200 }
+}"#;
+
+#[test]
+fn the_contract_example_compiles() {
+    let p = policy(CONTRACT_EXAMPLE);
+    assert_eq!(p.mode, Mode::Enforce);
+    assert_eq!(p.classes.len(), 3);
+    assert_eq!(p.default_class, 1);
+    assert_eq!(p.rules.len(), 4);
+    assert_eq!(p.limits[1].key, KeySource::ClientIp);
+    assert_eq!(p.limits[2].key, KeySource::Header(1));
+    assert_eq!(
+        p.header_names,
+        vec!["user-agent".to_string(), "x-api-key".to_string()]
+    );
+    assert_eq!(p.limits[0].policy_header, "\"storefront\";q=1000;w=2");
+    assert_eq!(p.limits[1].max_keys, DEFAULT_MAX_KEYS as u32);
+    let c = p
+        .concurrency
+        .as_ref()
+        .map(|c| c.class_max_in_flight.clone());
+    assert_eq!(c, Some(vec![200, 160, 100]));
+    assert!(p.needs_path && p.needs_method && p.needs_client_ip);
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let p = policy(r#"{"limits": [{"name": "all", "tokens_per_second": 10, "burst": 5}]}"#);
+    assert_eq!(p.mode, Mode::Enforce);
+    assert_eq!(
+        p.classes,
+        vec![Class {
+            name: "default".into(),
+            reserve: 0.0
+        }]
+    );
+    assert_eq!(p.default_class, 0);
+    assert_eq!(p.limits[0].key, KeySource::Global);
+    assert!(p.concurrency.is_none());
+    assert!(!p.needs_path && !p.needs_method && !p.needs_client_ip);
+}
+
+#[test]
+fn the_default_class_is_the_last_class() {
+    let p = policy(r#"{"classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}"#);
+    assert_eq!(p.default_class, 2);
+}
+
+#[test]
+fn contract_error_strings() {
+    assert_eq!(
+        errors(
+            r#"{"limits": [{"name": "a", "tokens_per_second": 1, "burst": 1}, {"name": "b", "tokens_per_second": 1, "burst": 0}]}"#
+        ),
+        vec!["limits[1].burst: must be >= 1, got 0"]
+    );
+    assert_eq!(
+        errors(r#"{"limits": [{"name": "a", "tokens_per_secnd": 1, "burst": 1}]}"#),
+        vec![
+            "limits[0].tokens_per_secnd: unknown field",
+            "limits[0].tokens_per_second: required"
+        ]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let e = errors(
+        r#"{"mode": "loud", "classes": [{"name": "a", "reserve": 1.5}, {"name": "a"}],
+            "rules": [{"match": {"path_prefix": "checkout"}, "class": "nope"}],
+            "limits": [{"name": "x y", "key": "ip", "tokens_per_second": 0, "burst": 2.5}],
+            "concurrency": {"max_in_flight": -1}, "extra": true}"#,
+    );
+    assert_eq!(
+        e,
+        vec![
+            "extra: unknown field",
+            "mode: must be \"enforce\" or \"shadow\", got \"loud\"",
+            "classes[0].reserve: must be between 0.0 and 1.0, got 1.5",
+            "classes[1].name: duplicate class name, got \"a\"",
+            "rules[0].match.path_prefix: must start with / and hold no query string, got \"checkout\"",
+            "rules[0].class: must name a class (a), got \"nope\"",
+            "limits[0].name: must be 1 to 64 of A-Z a-z 0-9 _ -, got \"x y\"",
+            "limits[0].key: must be \"global\", \"client_ip\" or {\"header\": NAME}, got \"ip\"",
+            "limits[0].tokens_per_second: must be > 0 and <= 1e9, got 0",
+            "limits[0].burst: must be a whole number, got 2.5",
+            "concurrency.max_in_flight: must be >= 1, got -1",
+        ]
+    );
+}
+
+#[test]
+fn type_errors_name_the_expected_type() {
+    assert_eq!(
+        errors(r#"[1, 2]"#),
+        vec!["configuration: must be an object, got [1,2]"]
+    );
+    assert_eq!(
+        errors(r#"{"classes": {}}"#),
+        vec!["classes: must be a list, got {}"]
+    );
+    assert_eq!(
+        errors(r#"{"classes": []}"#),
+        vec!["classes: must name at least one class, got []"]
+    );
+    assert_eq!(
+        errors(r#"{"limits": [{"name": "a", "tokens_per_second": "fast", "burst": 1}]}"#),
+        vec!["limits[0].tokens_per_second: must be a number, got \"fast\""]
+    );
+    assert_eq!(
+        errors(r#"{"rules": [{"match": {"methods": ["get"]}, "class": "default"}]}"#),
+        vec!["rules[0].match.methods[0]: must be an upper-case HTTP method, got \"get\""]
+    );
+}
+
+#[test]
+fn header_matches_take_exactly_one_test() {
+    assert_eq!(
+        errors(r#"{"rules": [{"match": {"header": {"name": "ua", "exact": "a", "contains": "b"}}, "class": "default"}]}"#),
+        vec!["rules[0].match.header: must give exactly one of exact, prefix, contains, present, got {\"contains\":\"b\",\"exact\":\"a\",\"name\":\"ua\"}"]
+    );
+    assert_eq!(
+        errors(r#"{"rules": [{"match": {"header": {"exact": "a"}}, "class": "default"}]}"#),
+        vec!["rules[0].match.header.name: required"]
+    );
+}
+
+#[test]
+fn invalid_json_says_where() {
+    assert_eq!(
+        errors("{\"mode\": }"),
+        vec!["configuration: invalid JSON (expected value at line 1 column 10)"]
+    );
+    assert_eq!(errors("\u{0}\u{ff}").len(), 1);
+    let not_utf8 = parse(&[b'{', 0xff, b'}']).err().map(|e| e[0].to_string());
+    assert_eq!(
+        not_utf8.as_deref(),
+        Some("configuration: must be UTF-8 JSON (invalid byte at offset 1)")
+    );
+}
+
+#[test]
+fn an_empty_configuration_is_the_defaults() {
+    assert_eq!(policy("").classes.len(), 1);
+    assert_eq!(policy("  \n").limits.len(), 0);
+}
+
+#[test]
+fn max_keys_belongs_to_keyed_limits_only() {
+    assert_eq!(
+        errors(r#"{"limits": [{"name": "g", "tokens_per_second": 1, "burst": 1, "max_keys": 5}]}"#),
+        vec!["limits[0].max_keys: applies only to a keyed limit (client_ip or header), got 5"]
+    );
+    let p = policy(
+        r#"{"limits": [{"name": "k", "key": "client_ip", "tokens_per_second": 1, "burst": 1, "max_keys": 5}]}"#,
+    );
+    assert_eq!(p.limits[0].max_keys, 5);
+}
+
+#[test]
+fn duplicate_limit_names_are_refused() {
+    assert_eq!(
+        errors(
+            r#"{"limits": [{"name": "a", "tokens_per_second": 1, "burst": 1}, {"name": "a", "tokens_per_second": 2, "burst": 1}]}"#
+        ),
+        vec!["limits[1].name: duplicate limit name, got \"a\""]
+    );
+}
+
+#[test]
+fn reserves_become_per_class_tolerances() {
+    let p = policy(
+        r#"{"classes": [{"name": "c"}, {"name": "s", "reserve": 0.5}],
+            "limits": [{"name": "l", "tokens_per_second": 10, "burst": 10}]}"#,
+    );
+    let l = &p.limits[0];
+    assert_eq!(l.ns_per_token, 100_000_000);
+    assert_eq!(l.class_tolerance_ns, vec![1_000_000_000, 500_000_000]);
+    assert_eq!(l.window_s, 1);
+}
+
+#[test]
+fn a_changed_rate_or_burst_changes_the_state_id() {
+    let a = policy(r#"{"limits": [{"name": "l", "tokens_per_second": 10, "burst": 10}]}"#);
+    let b = policy(r#"{"limits": [{"name": "l", "tokens_per_second": 10, "burst": 20}]}"#);
+    let c = policy(
+        r#"{"limits": [{"name": "l", "tokens_per_second": 10, "burst": 10}], "mode": "shadow"}"#,
+    );
+    assert_ne!(a.limits[0].state_id, b.limits[0].state_id);
+    assert_eq!(a.limits[0].state_id, c.limits[0].state_id);
+}
+
+#[test]
+fn long_values_are_cut_in_messages() {
+    let long = "x".repeat(200);
+    let e = errors(&format!(r#"{{"mode": "{long}"}}"#));
+    assert!(e[0].ends_with("...") && e[0].len() < 200, "{}", e[0]);
+}

@@ -138,6 +138,90 @@ pub struct Policy {
     pub needs_client_ip: bool,
 }
 
+/// One field of the configuration, as the README's reference table shows it. This table is
+/// also what the parser accepts: a field missing here is an unknown field.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldDoc {
+    /// `limits[].burst`; `match.*` fields belong to every `match` (in rules and limits).
+    pub path: &'static str,
+    pub required: bool,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+const fn doc(
+    path: &'static str,
+    required: bool,
+    default: &'static str,
+    meaning: &'static str,
+) -> FieldDoc {
+    FieldDoc {
+        path,
+        required,
+        default,
+        meaning,
+    }
+}
+
+pub const REFERENCE: &[FieldDoc] = &[
+    doc("mode", false, "\"enforce\"", "`\"enforce\"` refuses; `\"shadow\"` decides and counts the same way but never refuses (a would-be refusal takes no tokens and no slot)."),
+    doc("classes", false, "one class `default`", "Priority classes, most important first; at least one."),
+    doc("classes[].name", true, "", "Class name (1-64 of `A-Z a-z 0-9 _ -`), used in metrics and `x-surgeguard`."),
+    doc("classes[].reserve", false, "0.0", "0.0-1.0: share of every capacity this class may not use. A bucket admits it only if `reserve x burst` tokens remain after the take; the in-flight limit only if `in_flight + 1 <= (1 - reserve) x max_in_flight`."),
+    doc("default_class", false, "the last class", "Class of a request no rule matches."),
+    doc("rules", false, "[]", "Checked in order; the first whose `match` holds gives the class."),
+    doc("rules[].match", false, "every request", "Conditions, all of which must hold (see `match.*`)."),
+    doc("rules[].class", true, "", "Name of a class."),
+    doc("match.path_prefix", false, "", "The path (without query string) starts with this; must start with `/`."),
+    doc("match.path", false, "", "The path (without query string) is exactly this."),
+    doc("match.methods", false, "", "Upper-case methods, e.g. `[\"POST\", \"PUT\"]`; one must equal the request's."),
+    doc("match.header", false, "", "A request header test: `name` and exactly one of `exact`, `prefix`, `contains`, `present`."),
+    doc("match.header.name", true, "", "Header name (case-insensitive)."),
+    doc("match.header.exact", false, "", "The value equals this."),
+    doc("match.header.prefix", false, "", "The value starts with this."),
+    doc("match.header.contains", false, "", "The value contains this."),
+    doc("match.header.present", false, "", "`true`: the header is there; `false`: it is absent."),
+    doc("match.header.ignore_case", false, "false", "Compare values ignoring ASCII case."),
+    doc("limits", false, "[]", "Token buckets; a request must pass every limit whose `match` holds. Tokens are taken only when all admit."),
+    doc("limits[].name", true, "", "Limit name (1-64 of `A-Z a-z 0-9 _ -`), unique; used in metrics and headers."),
+    doc("limits[].key", false, "\"global\"", "`\"global\"`: one bucket; `\"client_ip\"`: one per downstream address (needs `use_remote_address: true`); `{\"header\": NAME}`: one per header value, requests without it share one."),
+    doc("limits[].key.header", true, "", "Header whose value keys the bucket."),
+    doc("limits[].tokens_per_second", true, "", "Refill rate, > 0 and <= 1e9."),
+    doc("limits[].burst", true, "", "Bucket size, a whole number >= 1; the bucket starts full."),
+    doc("limits[].match", false, "every request", "Which requests this limit applies to (see `match.*`)."),
+    doc("limits[].max_keys", false, "10000", "Keyed limits only: most buckets held. A full (refilled) bucket gives up its slot; a new key finding none shares the limit's overflow bucket."),
+    doc("concurrency", false, "no limit", "The in-flight limit."),
+    doc("concurrency.max_in_flight", true, "", "Most requests in flight to the upstream at once, across all workers, 1 to 1000000."),
+    doc("concurrency.retry_after_s", false, "1", "`retry-after` of a shed (503) reply, 1 to 3600."),
+];
+
+fn is_documented(schema: &str, field: &str) -> bool {
+    REFERENCE.iter().any(|d| {
+        let (parent, name) = d.path.rsplit_once('.').unwrap_or(("", d.path));
+        parent == schema && name == field
+    })
+}
+
+/// The reference table in Markdown, as the README shows it (`surgeguard-check --reference`).
+pub fn reference_markdown() -> String {
+    let mut out =
+        String::from("| field | required | default | meaning |\n| --- | --- | --- | --- |\n");
+    for d in REFERENCE {
+        let required = if d.required { "yes" } else { "no" };
+        // A literal default is code; a described one ("the last class") is prose.
+        let default = if d.default.is_empty() || d.default.contains(' ') {
+            d.default.to_string()
+        } else {
+            format!("`{}`", d.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | {required} | {default} | {} |\n",
+            d.path, d.meaning
+        ));
+    }
+    out
+}
+
 /// Parses, validates and compiles a configuration; all problems or a policy.
 pub fn parse(bytes: &[u8]) -> Result<Policy, Vec<ConfigError>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
@@ -219,12 +303,13 @@ impl Compiler {
         });
     }
 
-    /// Checks that `v` is an object with only `known` fields.
+    /// Checks that `v` is an object whose fields are all documented in [`REFERENCE`] under
+    /// `schema` (the path with indices dropped, e.g. `limits[]`; `match` for every match).
     fn object<'v>(
         &mut self,
         path: &str,
         v: &'v Value,
-        known: &[&str],
+        schema: &str,
     ) -> Option<&'v Map<String, Value>> {
         let Some(map) = v.as_object() else {
             let p = if path.is_empty() {
@@ -236,7 +321,7 @@ impl Compiler {
             return None;
         };
         for key in map.keys() {
-            if !known.contains(&key.as_str()) {
+            if !is_documented(schema, key) {
                 self.error(&field_path(path, key), "unknown field", None);
             }
         }
@@ -335,15 +420,7 @@ impl Compiler {
     }
 
     fn policy(&mut self, v: &Value) -> Option<Policy> {
-        const FIELDS: &[&str] = &[
-            "mode",
-            "classes",
-            "default_class",
-            "rules",
-            "limits",
-            "concurrency",
-        ];
-        let root = self.object("", v, FIELDS)?;
+        let root = self.object("", v, "")?;
 
         let mode = match root.get("mode") {
             None => Some(Mode::Enforce),
@@ -437,7 +514,7 @@ impl Compiler {
         let mut ok = true;
         for (i, c) in list.iter().enumerate() {
             let path = format!("classes[{i}]");
-            let Some(obj) = self.object(&path, c, &["name", "reserve"]) else {
+            let Some(obj) = self.object(&path, c, "classes[]") else {
                 ok = false;
                 continue;
             };
@@ -502,7 +579,7 @@ impl Compiler {
         let mut ok = true;
         for (i, r) in list.iter().enumerate() {
             let path = format!("rules[{i}]");
-            let Some(obj) = self.object(&path, r, &["match", "class"]) else {
+            let Some(obj) = self.object(&path, r, "rules[]") else {
                 ok = false;
                 continue;
             };
@@ -526,7 +603,7 @@ impl Compiler {
     }
 
     fn matcher(&mut self, path: &str, v: &Value) -> Option<Matcher> {
-        let obj = self.object(path, v, &["path_prefix", "path", "methods", "header"])?;
+        let obj = self.object(path, v, "match")?;
         let errors_before = self.errors.len();
         let mut m = Matcher::default();
         if let Some(p) = obj.get("path_prefix") {
@@ -573,18 +650,7 @@ impl Compiler {
     }
 
     fn header_match(&mut self, path: &str, v: &Value) -> Option<HeaderMatch> {
-        let obj = self.object(
-            path,
-            v,
-            &[
-                "name",
-                "exact",
-                "prefix",
-                "contains",
-                "present",
-                "ignore_case",
-            ],
-        )?;
+        let obj = self.object(path, v, "match.header")?;
         let slot = match obj.get("name") {
             Some(n) => self.header_slot(&field_path(path, "name"), n),
             None => {
@@ -634,20 +700,12 @@ impl Compiler {
     }
 
     fn limits(&mut self, v: &Value, classes: &[Class]) -> Option<Vec<Limit>> {
-        const FIELDS: &[&str] = &[
-            "name",
-            "key",
-            "tokens_per_second",
-            "burst",
-            "match",
-            "max_keys",
-        ];
         let list = self.array("limits", v)?;
         let mut out: Vec<Limit> = Vec::new();
         let mut ok = true;
         for (i, l) in list.iter().enumerate() {
             let path = format!("limits[{i}]");
-            let Some(obj) = self.object(&path, l, FIELDS) else {
+            let Some(obj) = self.object(&path, l, "limits[]") else {
                 ok = false;
                 continue;
             };
@@ -749,7 +807,7 @@ impl Compiler {
             Value::String(s) if s == "global" => Some(KeySource::Global),
             Value::String(s) if s == "client_ip" => Some(KeySource::ClientIp),
             Value::Object(_) => {
-                let obj = self.object(path, v, &["header"])?;
+                let obj = self.object(path, v, "limits[].key")?;
                 match obj.get("header") {
                     Some(h) => self
                         .header_slot(&field_path(path, "header"), h)
@@ -772,7 +830,7 @@ impl Compiler {
     }
 
     fn concurrency(&mut self, v: &Value, classes: &[Class]) -> Option<Concurrency> {
-        let obj = self.object("concurrency", v, &["max_in_flight", "retry_after_s"])?;
+        let obj = self.object("concurrency", v, "concurrency")?;
         let max = match obj.get("max_in_flight") {
             Some(m) => self.integer("concurrency.max_in_flight", m, 1, MAX_IN_FLIGHT),
             None => {

@@ -232,3 +232,53 @@ fn long_values_are_cut_in_messages() {
     let e = errors(&format!(r#"{{"mode": "{long}"}}"#));
     assert!(e[0].ends_with("...") && e[0].len() < 200, "{}", e[0]);
 }
+
+#[test]
+fn documented_defaults_are_the_ones_the_code_uses() {
+    let default_of = |path: &str| REFERENCE.iter().find(|d| d.path == path).map(|d| d.default);
+    assert_eq!(
+        default_of("limits[].max_keys"),
+        Some(DEFAULT_MAX_KEYS.to_string().as_str())
+    );
+    assert_eq!(
+        default_of("concurrency.retry_after_s"),
+        Some(DEFAULT_SHED_RETRY_AFTER_S.to_string().as_str())
+    );
+    let p = policy(r#"{"concurrency": {"max_in_flight": 3}}"#);
+    assert_eq!(
+        p.concurrency.map(|c| c.retry_after_s),
+        Some(DEFAULT_SHED_RETRY_AFTER_S)
+    );
+}
+
+#[test]
+fn every_documented_field_is_accepted() {
+    let all = r#"{"mode": "shadow", "classes": [{"name": "a", "reserve": 0.1}], "default_class": "a",
+      "rules": [{"match": {"path_prefix": "/a", "path": "/a/b", "methods": ["GET"],
+                 "header": {"name": "x", "prefix": "y", "ignore_case": true}}, "class": "a"},
+                {"match": {"header": {"name": "x", "exact": "y"}}, "class": "a"},
+                {"match": {"header": {"name": "x", "contains": "y"}}, "class": "a"},
+                {"match": {"header": {"name": "x", "present": false}}, "class": "a"}],
+      "limits": [{"name": "l", "key": {"header": "k"}, "tokens_per_second": 1, "burst": 1,
+                  "match": {"path": "/"}, "max_keys": 7}],
+      "concurrency": {"max_in_flight": 1, "retry_after_s": 2}}"#;
+    assert_eq!(errors(all), Vec::<String>::new());
+    let used: Vec<&str> = REFERENCE
+        .iter()
+        .map(|d| d.path.rsplit('.').next().unwrap_or(d.path))
+        .collect();
+    for d in REFERENCE {
+        let name = d
+            .path
+            .rsplit('.')
+            .next()
+            .unwrap_or(d.path)
+            .trim_end_matches("[]");
+        assert!(
+            all.contains(&format!("\"{name}\"")),
+            "{} is documented but not exercised",
+            d.path
+        );
+    }
+    assert!(!used.is_empty());
+}

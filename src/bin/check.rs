@@ -7,8 +7,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--reference") {
+        print!("{}", surgeguard::config::reference_markdown());
+        return ExitCode::SUCCESS;
+    }
     let [path] = args.as_slice() else {
-        eprintln!("usage: surgeguard-check FILE");
+        eprintln!("usage: surgeguard-check FILE | --reference");
         return ExitCode::from(2);
     };
     let bytes = match std::fs::read(path) {

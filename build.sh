@@ -78,19 +78,23 @@ build() {
   export SURGEGUARD_WASM=$ROOT/dist/surgeguard.wasm
 }
 
-# The wasm-bindgen test runner, at the exact version Cargo.lock pins, in .tools/.
+# Host tools built from crates.io are cached per machine (not per clone): CI's fresh clones
+# reuse them, a fresh machine builds them once.
+TOOLS_ROOT=${SURGEGUARD_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/surgeguard/tools}
+
+# The wasm-bindgen test runner, at the exact version Cargo.lock pins.
 ensure_wasm_bindgen_runner() {
   local version
   version=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/,""); print; exit}' Cargo.lock)
   [ -n "$version" ] || { cargo generate-lockfile -q; version=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/,""); print; exit}' Cargo.lock); }
   [ -n "$version" ] || die "cannot find the wasm-bindgen version in Cargo.lock"
-  local bin=.tools/bin/wasm-bindgen-test-runner
+  local bin=$TOOLS_ROOT/bin/wasm-bindgen-test-runner
   if [ ! -x "$bin" ] || [ "$("$bin" --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
-    say "installing wasm-bindgen-cli $version into .tools/ (once; a few minutes)"
-    cargo install -q --root .tools wasm-bindgen-cli --version "$version" >&2
+    say "installing wasm-bindgen-cli $version into $TOOLS_ROOT (once per machine; a few minutes)"
+    cargo install -q --root "$TOOLS_ROOT" wasm-bindgen-cli --version "$version" >&2
   fi
   command -v node >/dev/null 2>&1 || ensure_apt node nodejs
-  export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$ROOT/$bin
+  export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$bin
 }
 
 test_all() {
@@ -100,6 +104,9 @@ test_all() {
   for tool in "wrk wrk" "promtool prometheus" "skopeo skopeo" "docker-registry docker-registry"; do
     ensure_apt $tool
   done
+  say "clippy: no unwrap, expect or panic outside tests (module and core)"
+  cargo clippy -q --lib --bins -p surgeguard -- -D warnings
+  cargo clippy -q --lib --target wasm32-wasip1 -p surgeguard -- -D warnings
   say "native tests (unit, property, end-to-end in Envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -o '1\.[0-9]*\.[0-9]*' | head -1))"
   cargo test --workspace --no-fail-fast -- --test-threads=1
   say "core tests compiled to wasm32 (wasm-bindgen-test in Node)"

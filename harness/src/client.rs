@@ -154,6 +154,9 @@ pub struct Outcome {
     pub label: &'static str,
     /// When the request was scheduled, from the start of the load.
     pub at: Duration,
+    /// When it was actually sent, from the start of the load (later than `at` if the client
+    /// fell behind, e.g. on a loaded machine).
+    pub sent_at: Duration,
     /// `None`: no response (connection error or timeout).
     pub status: Option<u16>,
     pub latency: Duration,
@@ -182,6 +185,7 @@ pub fn open_loop(load: Load) -> Vec<Outcome> {
                 Outcome {
                     label,
                     at: due.saturating_duration_since(start),
+                    sent_at: t0.saturating_duration_since(start),
                     status: r.as_ref().ok().map(|r| r.status),
                     latency: t0.elapsed(),
                     surgeguard: r

@@ -4,7 +4,7 @@
 use crate::store::{SharedStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MetricType, Status};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::UNIX_EPOCH;
 
 /// Wall-clock nanoseconds from the proxy (the bucket arithmetic tolerates steps backwards).
@@ -41,14 +41,18 @@ impl SharedStore for HostStore {
     }
 }
 
-/// Metric ids, defined once per configuration. An id of `None` (the host refused to define
-/// it) makes that counter a no-op rather than a failure.
+/// Metric ids, defined once per configuration, and counts not yet handed to Envoy.
+///
+/// Counting is per VM and flushed on the root's tick (every second): one host call per counter
+/// per second instead of several per request. Counts are exact, at most a second late. An id of
+/// `None` (the host refused to define it) makes that counter a no-op rather than a failure.
 #[derive(Default)]
 pub struct Metrics {
-    pub counters: Vec<Option<u32>>,
-    pub in_flight: Option<u32>,
-    /// Last gauge value written by this VM, to skip redundant host calls.
-    last_in_flight: Cell<u64>,
+    counters: Vec<Option<u32>>,
+    pending: RefCell<Vec<u64>>,
+    in_flight: Option<u32>,
+    /// The last in-flight total this VM saw; written to the gauge on the tick.
+    in_flight_total: Cell<Option<u64>>,
 }
 
 pub fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -62,26 +66,38 @@ impl Metrics {
                 .iter()
                 .map(|n| define(MetricType::Counter, n))
                 .collect(),
+            pending: RefCell::new(vec![0; counter_names.len()]),
             in_flight: if with_in_flight {
                 define(MetricType::Gauge, crate::metrics::IN_FLIGHT_GAUGE)
             } else {
                 None
             },
-            last_in_flight: Cell::new(u64::MAX),
+            in_flight_total: Cell::new(None),
         }
     }
 
     pub fn bump(&self, index: usize) {
-        if let Some(Some(id)) = self.counters.get(index) {
-            let _ = hostcalls::increment_metric(*id, 1);
+        if let Some(n) = self.pending.borrow_mut().get_mut(index) {
+            *n += 1;
         }
     }
 
     pub fn set_in_flight(&self, total: u64) {
-        if let Some(id) = self.in_flight {
-            if self.last_in_flight.replace(total) != total {
-                let _ = hostcalls::record_metric(id, total);
+        self.in_flight_total.set(Some(total));
+    }
+
+    /// Hands the pending counts and the gauge to Envoy.
+    pub fn flush(&self) {
+        for (i, n) in self.pending.borrow_mut().iter_mut().enumerate() {
+            if *n > 0 {
+                if let Some(Some(id)) = self.counters.get(i) {
+                    let _ = hostcalls::increment_metric(*id, *n as i64);
+                }
+                *n = 0;
             }
+        }
+        if let (Some(id), Some(total)) = (self.in_flight, self.in_flight_total.take()) {
+            let _ = hostcalls::record_metric(id, total);
         }
     }
 }

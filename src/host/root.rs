@@ -86,7 +86,15 @@ fn plugin_name() -> String {
         .unwrap_or_default()
 }
 
-impl Context for SurgeguardRoot {}
+impl Context for SurgeguardRoot {
+    // The plugin is going away (a reload or shutdown): hand over what was counted.
+    fn on_done(&mut self) -> bool {
+        if let Some(a) = &self.active {
+            a.metrics.flush();
+        }
+        true
+    }
+}
 
 impl RootContext for SurgeguardRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -119,9 +127,8 @@ impl RootContext for SurgeguardRoot {
         let names = crate::metrics::counter_names(&guard.policy);
         let metrics = Metrics::new(&names, guard.policy.concurrency.is_some());
         let instance = instance_id();
-        if guard.policy.concurrency.is_some() {
-            let _ = hostcalls::set_tick_period(Duration::from_millis(HEARTBEAT_PERIOD_MS));
-        }
+        // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive.
+        let _ = hostcalls::set_tick_period(Duration::from_millis(HEARTBEAT_PERIOD_MS));
         log::info!(
             "surgeguard: configuration accepted: mode {:?}, {} classes, {} rules, {} limits, in-flight limit {}",
             guard.policy.mode,
@@ -130,11 +137,13 @@ impl RootContext for SurgeguardRoot {
             guard.policy.limits.len(),
             guard.policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string())
         );
-        self.active = Some(Rc::new(Active {
+        if let Some(previous) = self.active.replace(Rc::new(Active {
             guard,
             metrics,
             instance,
-        }));
+        })) {
+            previous.metrics.flush();
+        }
         true
     }
 
@@ -143,6 +152,7 @@ impl RootContext for SurgeguardRoot {
             if let Some(total) = a.guard.heartbeat(a.instance, now_ns(), &HostStore) {
                 a.metrics.set_in_flight(total);
             }
+            a.metrics.flush();
         }
     }
 

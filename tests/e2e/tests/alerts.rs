@@ -1,0 +1,181 @@
+//! The Prometheus rules in ops/prometheus/ pass `promtool check rules` and their unit tests
+//! (`promtool test rules`), and every metric the rules and the Grafana dashboard read is one a
+//! real Envoy running the shipped ECDS config (with its stats_tags) exports on /stats/prometheus.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+use surgeguard_harness::client::{self, Req};
+use surgeguard_harness::envoy::{json_string, Envoy, Options};
+use surgeguard_harness::upstream::Upstream;
+use surgeguard_harness::{repo_root, wasm_path};
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(repo_root().join("ops/prometheus"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run promtool ({e}): ./build.sh test installs it (Debian package prometheus)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_rules_pass_promtool_check() {
+    let out = promtool(&["check", "rules", "surgeguard.rules.yml"]);
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+#[test]
+fn the_rules_pass_their_promtool_unit_tests() {
+    let out = promtool(&["test", "rules", "surgeguard.rules.test.yml"]);
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// Names of exported series (`surgeguard_...`, `envoy_...`) that a PromQL text mentions;
+/// recording-rule names (`surgeguard:...`) are not exported series and are skipped.
+fn metric_names(promql: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = promql.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let mut i = 0;
+    while i < bytes.len() {
+        if (i == 0 || !word(bytes[i - 1]))
+            && (promql[i..].starts_with("surgeguard_") || promql[i..].starts_with("envoy_"))
+        {
+            let end = (i..bytes.len())
+                .find(|&j| !word(bytes[j]))
+                .unwrap_or(bytes.len());
+            let name = &promql[i..end];
+            if !name.contains(':') {
+                out.insert(name.to_string());
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn rule_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join("ops/prometheus/surgeguard.rules.yml"))
+        .expect("rules");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let mut out = Vec::new();
+    for group in doc["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            out.push(rule["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    out
+}
+
+fn dashboard_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join("ops/grafana/surgeguard.json"))
+        .expect("dashboard");
+    let dash: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    assert_eq!(dash["uid"], "surgeguard");
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            out.push(target["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    assert!(out.len() >= 10, "the dashboard's queries: {out:?}");
+    out
+}
+
+/// /stats/prometheus of the shipped ECDS Envoy running the shipped example configuration.
+fn real_prometheus_output() -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("live");
+    std::fs::create_dir(&live).expect("live dir");
+    let root = repo_root();
+    let shipped =
+        std::fs::read_to_string(root.join("envoy/ecds/live/surgeguard.yaml")).expect("resource");
+    let wasm = format!(
+        "filename: {}",
+        json_string(&wasm_path().display().to_string())
+    );
+    std::fs::write(
+        live.join("surgeguard.yaml"),
+        shipped.replace("filename: dist/surgeguard.wasm", &wasm),
+    )
+    .expect("resource");
+    let upstream = Upstream::start(Duration::ZERO).expect("upstream");
+    let bootstrap = std::fs::read_to_string(root.join("envoy/ecds/envoy.yaml"))
+        .expect("bootstrap")
+        .replace("port_value: 10000", "port_value: 0")
+        .replace("port_value: 9901", "port_value: 0")
+        .replace(
+            "port_value: 8080",
+            &format!("port_value: {}", upstream.port),
+        )
+        .replace("envoy/ecds/live", &live.display().to_string());
+    let envoy = Envoy::start(&bootstrap, &Options::default())
+        .unwrap_or_else(|e| panic!("envoy did not start: {}\n{}", e.message, e.log));
+    let r = client::request(envoy.listener_port(), &Req::get("/checkout")).expect("a request");
+    assert_eq!(r.status, 200);
+    // Counters reach the admin output at Envoy's next stats flush.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = envoy
+            .admin_get("/stats/prometheus")
+            .map(|(_, body)| body)
+            .expect("/stats/prometheus");
+        if body.contains(r#"surgeguard_class_admitted{class="critical"} 1"#)
+            || std::time::Instant::now() > deadline
+        {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_real_envoy() {
+    let exported = real_prometheus_output();
+    let names: BTreeSet<&str> = exported
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    // The stats_tags of envoy/ecds/envoy.yaml turn class and limit into labels.
+    for series in [
+        r#"surgeguard_class_admitted{class="critical"} 1"#,
+        r#"surgeguard_class_shed{class="sheddable"} 0"#,
+        r#"surgeguard_limit_rate_limited{limit="per_client"} 0"#,
+        "surgeguard_in_flight{} ",
+        "surgeguard_config_rejected{} 0",
+    ] {
+        assert!(
+            exported.contains(series),
+            "expected `{series}` in /stats/prometheus:\n{exported}"
+        );
+    }
+    assert!(
+        !names.contains("surgeguard_class_critical_admitted"),
+        "class is a label, not a name"
+    );
+
+    let mut read = BTreeSet::new();
+    for expr in rule_exprs().iter().chain(dashboard_exprs().iter()) {
+        read.extend(metric_names(expr));
+    }
+    assert!(read.len() >= 12, "metrics read: {read:?}");
+    let missing: Vec<&String> = read
+        .iter()
+        .filter(|n| !names.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "read but not exported: {missing:?}\nexported: {names:?}"
+    );
+}

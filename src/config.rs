@@ -736,11 +736,7 @@ impl Compiler {
                     if x > 0.0 && x <= MAX_TOKENS_PER_SECOND {
                         Some(x)
                     } else {
-                        self.error(
-                            &p("tokens_per_second"),
-                            "must be > 0 and <= 1e9",
-                            Some(r),
-                        );
+                        self.error(&p("tokens_per_second"), "must be > 0 and <= 1e9", Some(r));
                         None
                     }
                 }),

@@ -3,7 +3,8 @@
 //! Names (Envoy shows them under its wasm prefix, e.g. `wasmcustom.surgeguard.*`):
 //! - `surgeguard.class.<class>.{admitted,rate_limited,shed,shadow_rate_limited,shadow_shed}`
 //! - `surgeguard.limit.<limit>.{admitted,rate_limited,shadow_rate_limited,key_overflow}`
-//! - `surgeguard.fail_open`, `surgeguard.config_rejected` (counters), `surgeguard.in_flight` (gauge)
+//! - `surgeguard.fail_open`, `surgeguard.config_rejected` (counters)
+//! - `surgeguard.in_flight`, `surgeguard.max_in_flight` (gauges)
 
 use crate::config::{Mode, Policy};
 use crate::decision::{Decision, Verdict};
@@ -24,6 +25,8 @@ pub const LIMIT_OUTCOMES: [&str; 4] = [
 pub const FAIL_OPEN: &str = "surgeguard.fail_open";
 pub const CONFIG_REJECTED: &str = "surgeguard.config_rejected";
 pub const IN_FLIGHT_GAUGE: &str = "surgeguard.in_flight";
+/// The configured `concurrency.max_in_flight`, so alerts compare against the real limit.
+pub const MAX_IN_FLIGHT_GAUGE: &str = "surgeguard.max_in_flight";
 
 const ADMITTED: usize = 0;
 const RATE_LIMITED: usize = 1;

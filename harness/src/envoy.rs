@@ -51,7 +51,8 @@ impl Bootstrap {
             wasm: crate::wasm_path(),
             extra_filters: String::new(),
             route_timeout: "15s".into(),
-            failure_policy: "FAIL_CLOSED".into(),
+            // What the shipped configs use (docs/operations.md, "When the module fails").
+            failure_policy: "FAIL_RELOAD".into(),
         }
     }
 
@@ -65,7 +66,7 @@ impl Bootstrap {
               config:
                 name: surgeguard
                 root_id: surgeguard
-                failure_policy: {policy}
+                failure_policy: {policy}{reload}
                 vm_config:
                   vm_id: surgeguard
                   runtime: envoy.wasm.runtime.v8
@@ -75,6 +76,11 @@ impl Bootstrap {
                   value: {json}
 "#,
                 policy = self.failure_policy,
+                reload = if self.failure_policy == "FAIL_RELOAD" {
+                    "\n                reload_config: { backoff: { base_interval: 0.1s } }"
+                } else {
+                    ""
+                },
                 wasm = json_string(&self.wasm.display().to_string()),
                 json = json_string(json),
             ),
@@ -82,7 +88,7 @@ impl Bootstrap {
         format!(
             r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
+{STATS_TAGS}static_resources:
   listeners:
   - name: main
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
@@ -122,6 +128,15 @@ static_resources:
         )
     }
 }
+
+/// Prometheus labels `class` and `limit` for surgeguard's metrics, as in the shipped configs.
+pub const STATS_TAGS: &str = r#"stats_config:
+  stats_tags:
+  - tag_name: class
+    regex: '^wasmcustom\.surgeguard\.class\.(([^.]+)\.)[^.]+$'
+  - tag_name: limit
+    regex: '^wasmcustom\.surgeguard\.limit\.(([^.]+)\.)[^.]+$'
+"#;
 
 /// A JSON string literal is a valid YAML double-quoted scalar.
 pub fn json_string(s: &str) -> String {

@@ -60,7 +60,13 @@ pub fn define(kind: MetricType, name: &str) -> Option<u32> {
 }
 
 impl Metrics {
-    pub fn new(counter_names: &[String], with_in_flight: bool) -> Metrics {
+    pub fn new(counter_names: &[String], max_in_flight: Option<u32>) -> Metrics {
+        let with_in_flight = max_in_flight.is_some();
+        if let Some(max) = max_in_flight {
+            if let Some(id) = define(MetricType::Gauge, crate::metrics::MAX_IN_FLIGHT_GAUGE) {
+                let _ = hostcalls::record_metric(id, u64::from(max));
+            }
+        }
         Metrics {
             counters: counter_names
                 .iter()

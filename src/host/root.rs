@@ -125,7 +125,10 @@ impl RootContext for SurgeguardRoot {
         let namespace = format!("surgeguard/{}", plugin_name());
         let guard = Guard::new(policy, &namespace, shared_seed());
         let names = crate::metrics::counter_names(&guard.policy);
-        let metrics = Metrics::new(&names, guard.policy.concurrency.is_some());
+        let metrics = Metrics::new(
+            &names,
+            guard.policy.concurrency.as_ref().map(|c| c.max_in_flight),
+        );
         let instance = instance_id();
         // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive.
         let _ = hostcalls::set_tick_period(Duration::from_millis(HEARTBEAT_PERIOD_MS));

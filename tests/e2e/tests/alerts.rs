@@ -153,6 +153,7 @@ fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_real_envoy() {
         r#"surgeguard_class_shed{class="sheddable"} 0"#,
         r#"surgeguard_limit_rate_limited{limit="per_client"} 0"#,
         "surgeguard_in_flight{} ",
+        "surgeguard_max_in_flight{} ",
         "surgeguard_config_rejected{} 0",
     ] {
         assert!(

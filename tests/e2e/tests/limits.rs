@@ -41,7 +41,11 @@ fn admitted_stays_within_two_percent_of_burst_plus_rate_times_time_across_two_wo
     let refused = outcomes.iter().filter(|o| o.status == Some(429)).count();
     let failed = outcomes.len() - admitted as usize - refused;
     let error_pct = 100.0 * (admitted - expected).abs() / expected;
-    let late_ms = outcomes.iter().map(|o| (o.sent_at.saturating_sub(o.at)).as_millis()).max().unwrap_or(0);
+    let late_ms = outcomes
+        .iter()
+        .map(|o| (o.sent_at.saturating_sub(o.at)).as_millis())
+        .max()
+        .unwrap_or(0);
     eprintln!("admitted {admitted} expected {expected:.0} error {error_pct:.2}% refused {refused} failed {failed}; client at most {late_ms} ms late");
     assert_eq!(failed, 0, "every request got an answer");
     assert!(

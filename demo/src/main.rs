@@ -1,1 +1,50 @@
-fn main() { eprintln!("demo: not built yet"); std::process::exit(1) }
+//! `./build.sh demo`: replays the postmortem's surge without and with surgeguard, prints the
+//! table and writes `dist/demo/summary.json` and `dist/demo/report.html`.
+
+use surgeguard_demo::cli::{self, Command, USAGE};
+use surgeguard_demo::demo::{self, INTERRUPTED};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match cli::parse(&args, std::env::var("DATABASE_URL").ok()) {
+        Ok(Command::Run(o)) => o,
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("demo: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let cancel = match surgeguard_demo::interrupt::install("Envoy and the storefront") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            std::process::exit(1);
+        }
+    };
+    match demo::run(&options, &cancel) {
+        Ok(d) => {
+            println!();
+            print!("{}", d.table);
+            println!();
+            for c in &d.claims {
+                let mark = if c.holds { "ok " } else { "NOT" };
+                println!("[{mark}] {}: {}", c.claim, c.evidence);
+            }
+            println!();
+            for p in &d.written {
+                println!("wrote {}", p.display());
+            }
+        }
+        Err(e) if e == INTERRUPTED => {
+            eprintln!("demo: interrupted; Envoy and the storefront are stopped");
+            std::process::exit(130);
+        }
+        Err(e) => {
+            eprintln!("demo: {e}");
+            std::process::exit(1);
+        }
+    }
+}

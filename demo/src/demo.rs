@@ -1,0 +1,327 @@
+//! The demo end to end: one schedule of requests, replayed twice through a real Envoy in front
+//! of a fresh storefront (without the filter, then with surgeguard), measured, and written out
+//! as `summary.json`, `report.html`, `report.svg` (the figure alone) and `table.md`.
+//!
+//! Invariants: both runs replay the identical schedule against an identical fresh storefront and
+//! differ only by the filter's block in the Envoy config; every Envoy, storefront and thread the
+//! demo starts is stopped before `run` returns, also on error, panic or interruption (each is
+//! owned by a handle whose drop stops it).
+
+use crate::cli::Options;
+use crate::db::Contention;
+use crate::envoy_conf;
+use crate::interrupt::ChildGuard;
+use crate::load::{self, Live};
+use crate::outcome::Verdict;
+use crate::pool::Pool;
+use crate::report::{self, Figure};
+use crate::schedule::{Arrival, Plan};
+use crate::storefront::{BackendSpec, Storefront, StorefrontConfig};
+use crate::summary::{self, Claim, Run, DB_SAMPLE_MS};
+use crate::table;
+use crate::traffic::{Kind, Mix};
+use serde_json::{json, Value};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use surgeguard_harness::client::{requests, Req};
+use surgeguard_harness::envoy::{Envoy, Options as EnvoyOptions};
+
+/// A request with no response after this long counts as failed.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const ENVOY_WORKERS: u32 = 2;
+/// Longer than the filter's tick (1 s), on which it flushes its metrics to Envoy.
+pub const FILTER_FLUSH_WAIT: Duration = Duration::from_millis(1500);
+pub const INTERRUPTED: &str = "interrupted";
+
+/// Everything a finished demo measured.
+pub struct Demo {
+    pub plan: Plan,
+    pub pool_size: u32,
+    pub without: Run,
+    pub with: Run,
+    pub claims: Vec<Claim>,
+    pub summary: Value,
+    pub table: String,
+    pub markdown_table: String,
+    pub written: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    Without,
+    With,
+}
+
+impl Arm {
+    fn key(self) -> &'static str {
+        match self {
+            Arm::Without => "without_filter",
+            Arm::With => "with_filter",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Arm::Without => "1/2 without surgeguard",
+            Arm::With => "2/2 with surgeguard",
+        }
+    }
+}
+
+pub fn plan(o: &Options) -> Plan {
+    Plan {
+        duration_s: o.duration_s,
+        surge: o.surge,
+        calm_rate_per_s: o.calm_rate_per_s,
+        mix: Mix::default(),
+        seed: o.seed,
+    }
+}
+
+fn storefront_config(o: &Options) -> StorefrontConfig {
+    StorefrontConfig {
+        port: 0,
+        pool_size: o.pool_size,
+        pool_wait: Duration::from_millis(o.pool_wait_ms),
+        backend: match &o.database_url {
+            Some(url) => BackendSpec::Postgres(url.clone()),
+            None => BackendSpec::Model(Contention::default()),
+        },
+        worker_threads: if o.database_url.is_some() { 2 } else { 1 },
+    }
+}
+
+/// Samples the pool every [`DB_SAMPLE_MS`] and draws the progress line; stops on drop.
+struct Monitor {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<u32>>>,
+}
+
+impl Monitor {
+    fn start(pool: Arc<Pool>, live: Arc<Live>, label: &'static str, plan: Plan, show: bool) -> Monitor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let tty = std::io::stderr().is_terminal();
+            let start = Instant::now();
+            let mut samples = Vec::new();
+            let mut last_line = Instant::now();
+            for k in 1u32.. {
+                let due = start + Duration::from_millis(DB_SAMPLE_MS) * k;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                samples.push(pool.take_window_peak());
+                let done = flag.load(Ordering::SeqCst);
+                if show && (tty || last_line.elapsed() >= Duration::from_secs(5) || done) {
+                    last_line = Instant::now();
+                    let t = start.elapsed().as_secs_f64();
+                    let phase = if t < plan.duration_s { plan.phase_at(t).name() } else { "draining" };
+                    let s = pool.stats();
+                    let line = format!(
+                        "[{label}] {t:5.1}/{:.0} s {phase:<8} sent {:>5}  served {:>5}  refused {:>5}  failed {:>5}  db {:>3}/{} in use",
+                        plan.duration_s,
+                        live.sent.load(Ordering::Relaxed),
+                        live.count(Verdict::Served),
+                        live.count(Verdict::Refused),
+                        live.count(Verdict::Failed),
+                        s.in_use,
+                        s.size,
+                    );
+                    if tty {
+                        eprint!("\r{line}\x1b[K");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+            if show && tty {
+                eprintln!();
+            }
+            samples
+        });
+        Monitor { stop, handle: Some(handle) }
+    }
+
+    fn finish(mut self) -> Vec<u32> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn run_arm(o: &Options, arm: Arm, plan: &Plan, arrivals: &[Arrival], cancel: &Arc<AtomicBool>) -> Result<Run, String> {
+    let storefront = Storefront::start(&storefront_config(o))?;
+    let yaml = envoy_conf::load(&o.envoy_config, storefront.port, arm == Arm::With)?;
+    let envoy_opts =
+        EnvoyOptions { concurrency: ENVOY_WORKERS, log_level: "warning".into(), ..EnvoyOptions::default() };
+    let envoy = Envoy::start(&yaml, &envoy_opts).map_err(|e| {
+        let tail: Vec<&str> = e.log.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{} ({}): {}\n{}", arm.key(), o.envoy_config.display(), e.message, tail.join("\n"))
+    })?;
+    let _registered = ChildGuard::register(envoy.pid());
+    if o.progress {
+        eprintln!(
+            "[{}] Envoy pid {} on 127.0.0.1:{} in front of the storefront on 127.0.0.1:{}",
+            arm.label(),
+            envoy.pid(),
+            envoy.listener_port(),
+            storefront.port
+        );
+    }
+    if cancel.load(Ordering::SeqCst) {
+        return Err(INTERRUPTED.into());
+    }
+    let port = envoy.listener_port();
+    if port == 0 {
+        return Err(format!("{}: Envoy reported no listener port", arm.key()));
+    }
+    // Warm-up through Envoy (no database work): connections and the wasm VMs are ready.
+    let warm = requests(port, &vec![Req::get("/healthz"); 8]);
+    if let Some(bad) = warm.iter().find(|r| r.as_ref().map(|r| r.status) != Ok(200)) {
+        return Err(format!("{}: warm-up through Envoy failed: {bad:?}", arm.key()));
+    }
+    let live = Arc::new(Live::default());
+    let monitor =
+        Monitor::start(Arc::clone(storefront.db.pool()), Arc::clone(&live), arm.label(), plan.clone(), o.progress);
+    let outcomes = load::run(port, arrivals, CLIENT_TIMEOUT, &live, cancel);
+    let db_in_use = monitor.finish();
+    let outcomes = outcomes.map_err(|e| match e {
+        load::LoadError::Interrupted => INTERRUPTED.to_string(),
+        load::LoadError::Setup(m) => m,
+    })?;
+    if arm == Arm::With {
+        // The filter hands its counters and gauge to Envoy on its 1 s tick: let every worker
+        // flush once more after the last request ended.
+        std::thread::sleep(FILTER_FLUSH_WAIT);
+    }
+    let filter_counters = envoy
+        .stats()
+        .into_iter()
+        .filter(|(k, _)| k.contains("surgeguard."))
+        .map(|(k, v)| (k.trim_start_matches("wasmcustom.").to_string(), v))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    Ok(Run { key: arm.key(), outcomes, pool: storefront.db.stats(), db_in_use, filter_counters })
+}
+
+fn envoy_version() -> String {
+    surgeguard_harness::envoy::envoy_bin()
+        .ok()
+        .and_then(|bin| std::process::Command::new(bin).arg("--version").output().ok())
+        .map(|out| String::from_utf8_lossy(&out.stdout).to_string())
+        .and_then(|s| {
+            s.split(['/', ' '])
+                .find(|w| w.starts_with("1.") && w.chars().filter(|c| *c == '.').count() == 2)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn relative(p: &Path) -> String {
+    let root = surgeguard_harness::repo_root();
+    p.strip_prefix(&root).unwrap_or(p).display().to_string()
+}
+
+/// Runs both arms and writes the outputs into `o.out_dir`.
+pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<Demo, String> {
+    let plan = plan(o);
+    let arrivals = plan.arrivals();
+    let without = run_arm(o, Arm::Without, &plan, &arrivals, cancel)?;
+    let with = run_arm(o, Arm::With, &plan, &arrivals, cancel)?;
+    let claims = summary::claims(o.pool_size, &without, &with);
+    let model = o.database_url.is_none().then(Contention::default);
+    let backend = if model.is_some() { "embedded model" } else { "PostgreSQL" };
+    let version = envoy_version();
+    let settings = format!(
+        "{:.0} s per run: {:.0} s calm at {:.0} requests/s, a {:.0} s surge to {}x, {:.0} s recovery; {} requests per run, the same in both. Database tier: {backend}, a pool of {} connections, pool-wait timeout {} ms. Envoy {version}, {ENVOY_WORKERS} workers, {}.",
+        plan.duration_s,
+        plan.surge_start_s(),
+        plan.calm_rate_per_s,
+        plan.surge_end_s() - plan.surge_start_s(),
+        plan.surge,
+        plan.duration_s - plan.surge_end_s(),
+        arrivals.len(),
+        o.pool_size,
+        o.pool_wait_ms,
+        relative(&o.envoy_config),
+    );
+    let mix: serde_json::Map<String, Value> =
+        Kind::ALL.iter().map(|k| (k.name().to_string(), json!(plan.mix.share(*k)))).collect();
+    let summary = json!({
+        "db_pool_size": o.pool_size,
+        "runs": {
+            "without_filter": without.to_json(&plan),
+            "with_filter": with.to_json(&plan),
+        },
+        "load": {
+            "duration_s": plan.duration_s,
+            "surge": plan.surge,
+            "calm_rate_per_s": plan.calm_rate_per_s,
+            "seed": plan.seed,
+            "offered": arrivals.len(),
+            "phases_s": {
+                "calm": [0.0, plan.surge_start_s()],
+                "surge": [plan.surge_start_s(), plan.surge_end_s()],
+                "recovery": [plan.surge_end_s(), plan.duration_s],
+            },
+            "mix": mix,
+            "client_timeout_ms": CLIENT_TIMEOUT.as_millis() as u64,
+        },
+        "database": {
+            "backend": if model.is_some() { "model" } else { "postgresql" },
+            "pool_wait_ms": o.pool_wait_ms,
+            "full_speed_queries": model.map(|m| m.knee),
+            "thrash_per_conn": model.map(|m| m.thrash_per_conn),
+        },
+        "envoy": { "version": version, "workers": ENVOY_WORKERS, "config": relative(&o.envoy_config) },
+        "claims": claims.iter().map(|c| json!({"claim": c.claim, "holds": c.holds, "evidence": c.evidence})).collect::<Vec<_>>(),
+        "all_claims_hold": claims.iter().all(|c| c.holds),
+    });
+    let figure =
+        Figure { plan: &plan, pool_size: o.pool_size, knee: model.map(|m| m.knee), without: &without, with: &with };
+    std::fs::create_dir_all(&o.out_dir).map_err(|e| format!("{}: {e}", o.out_dir.display()))?;
+    let markdown_table = table::markdown(o.pool_size, &without, &with);
+    let files = [
+        ("summary.json", format!("{}\n", serde_json::to_string_pretty(&summary).unwrap_or_default())),
+        ("report.html", report::html(&figure, &claims, &settings)),
+        ("report.svg", report::svg(&figure)),
+        ("table.md", markdown_table.clone()),
+    ];
+    let mut written = Vec::new();
+    for (name, text) in files {
+        let path = o.out_dir.join(name);
+        std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(Demo {
+        table: table::text(o.pool_size, &without, &with),
+        markdown_table,
+        plan,
+        pool_size: o.pool_size,
+        without,
+        with,
+        claims,
+        summary,
+        written,
+    })
+}

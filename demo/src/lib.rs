@@ -1,0 +1,27 @@
+//! surgeguard's demo: the postmortem's outage replayed on this machine.
+//!
+//! A storefront ([`storefront`]) whose every page needs one query on a database tier with a
+//! fixed connection pool ([`pool`], [`db`]; or a real PostgreSQL, [`pg`]) receives a traffic mix
+//! ([`traffic`]) that surges several-fold ([`schedule`]), sent open-loop ([`load`]) through a
+//! real Envoy twice: without the filter and with surgeguard ([`envoy_conf`], [`demo`]). The
+//! results ([`outcome`], [`summary`]) become a terminal table ([`table`]), `summary.json` and
+//! an HTML report with plots ([`report`]).
+//!
+//! Nothing here is compiled into the wasm module: this crate only drives Envoy from outside.
+
+pub mod cli;
+pub mod db;
+pub mod demo;
+pub mod envoy_conf;
+pub mod interrupt;
+pub mod load;
+pub mod outcome;
+pub mod pg;
+pub mod pool;
+pub mod report;
+pub mod rng;
+pub mod schedule;
+pub mod storefront;
+pub mod summary;
+pub mod table;
+pub mod traffic;

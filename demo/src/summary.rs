@@ -1,0 +1,375 @@
+//! The arithmetic of the results: per traffic kind (and per phase) offered, served, refused,
+//! failed and latency percentiles; the timeline the plots draw; the claims the demo checks; and
+//! `summary.json` (the contract's schema, plus added fields).
+//!
+//! Invariants: `offered = served + refused + failed` for every kind and phase; percentiles are
+//! nearest-rank over every request of the kind, whatever its outcome (a failure's latency is
+//! the time the user waited for it); an empty set has percentiles 0.
+
+use crate::outcome::{Outcome, Verdict};
+use crate::pool::PoolStats;
+use crate::schedule::{Phase, Plan};
+use crate::traffic::Kind;
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    pub offered: u64,
+    pub served: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Stats {
+    pub fn of<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> Stats {
+        let mut s = Stats::default();
+        let mut latencies_us = Vec::new();
+        for o in outcomes {
+            s.offered += 1;
+            match o.verdict() {
+                Verdict::Served => s.served += 1,
+                Verdict::Refused => s.refused += 1,
+                Verdict::Failed => s.failed += 1,
+            }
+            latencies_us.push(o.latency_us);
+        }
+        latencies_us.sort_unstable();
+        s.p50_ms = percentile_ms(&latencies_us, 0.50);
+        s.p99_ms = percentile_ms(&latencies_us, 0.99);
+        s
+    }
+
+    pub fn count(&self, v: Verdict) -> u64 {
+        match v {
+            Verdict::Served => self.served,
+            Verdict::Refused => self.refused,
+            Verdict::Failed => self.failed,
+        }
+    }
+
+    /// `part` as a share of `offered` (0 when nothing was offered).
+    pub fn share(&self, part: u64) -> f64 {
+        if self.offered == 0 {
+            0.0
+        } else {
+            part as f64 / self.offered as f64
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "offered": self.offered,
+            "served": self.served,
+            "refused": self.refused,
+            "failed": self.failed,
+            "p50_ms": round1(self.p50_ms),
+            "p99_ms": round1(self.p99_ms),
+        })
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Nearest-rank percentile of sorted microseconds, in milliseconds; 0 for an empty list.
+pub fn percentile_ms(sorted_us: &[u64], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
+    sorted_us[rank - 1] as f64 / 1000.0
+}
+
+/// One run (without or with the filter), measured.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// `without_filter` or `with_filter`.
+    pub key: &'static str,
+    pub outcomes: Vec<Outcome>,
+    pub pool: PoolStats,
+    /// The most connections in use in each [`DB_SAMPLE_MS`] window, from the start of the load.
+    pub db_in_use: Vec<u32>,
+    /// The filter's own counters (`surgeguard.*` from Envoy's stats), when it ran.
+    pub filter_counters: Vec<(String, u64)>,
+}
+
+pub const DB_SAMPLE_MS: u64 = 100;
+pub const BIN_S: u64 = 1;
+
+impl Run {
+    pub fn kind(&self, kind: Kind) -> Stats {
+        Stats::of(self.outcomes.iter().filter(|o| o.kind == kind))
+    }
+
+    pub fn kind_in_phase(&self, kind: Kind, phase: Phase) -> Stats {
+        Stats::of(self.outcomes.iter().filter(|o| o.kind == kind && o.phase == phase))
+    }
+
+    pub fn all(&self) -> Stats {
+        Stats::of(self.outcomes.iter())
+    }
+
+    /// Requests of `kind` with verdict `v`, per [`BIN_S`] second of scheduled time.
+    pub fn timeline(&self, kind: Kind, v: Verdict, duration_s: f64) -> Vec<u64> {
+        let bins = (duration_s / BIN_S as f64).ceil().max(1.0) as usize;
+        let mut out = vec![0u64; bins];
+        for o in self.outcomes.iter().filter(|o| o.kind == kind && o.verdict() == v) {
+            let bin = (o.at_us / (BIN_S * 1_000_000)) as usize;
+            if let Some(c) = out.get_mut(bin.min(bins - 1)) {
+                *c += 1;
+            }
+        }
+        out
+    }
+
+    pub fn to_json(&self, plan: &Plan) -> Value {
+        let mut traffic = Map::new();
+        for kind in Kind::ALL {
+            let mut k = self.kind(kind).to_json();
+            let mut phases = Map::new();
+            for phase in Phase::ALL {
+                phases.insert(phase.name().into(), self.kind_in_phase(kind, phase).to_json());
+            }
+            k["phases"] = Value::Object(phases);
+            traffic.insert(kind.name().into(), k);
+        }
+        let mut kinds = Map::new();
+        for kind in Kind::ALL {
+            let mut per = Map::new();
+            for v in Verdict::ALL {
+                per.insert(v.name().into(), json!(self.timeline(kind, v, plan.duration_s)));
+            }
+            kinds.insert(kind.name().into(), Value::Object(per));
+        }
+        let counters: Map<String, Value> = self.filter_counters.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        json!({
+            "db_peak_in_use": self.pool.peak_in_use,
+            "db_peak_waiting": self.pool.peak_waiting,
+            "db_wait_timeouts": self.pool.wait_timeouts,
+            "db_queries": self.pool.leases,
+            "total": self.all().to_json(),
+            "traffic": traffic,
+            "filter_counters": counters,
+            "timeline": {
+                "bin_s": BIN_S,
+                "kinds": kinds,
+                "db_sample_ms": DB_SAMPLE_MS,
+                "db_in_use": self.db_in_use,
+            },
+        })
+    }
+}
+
+/// One thing the demo must show, checked against the measured numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub claim: String,
+    pub holds: bool,
+    pub evidence: String,
+}
+
+/// Without the filter, at least this share of checkouts fails for the run to show the outage.
+pub const OUTAGE_MIN_CHECKOUT_FAILED: f64 = 0.05;
+/// With the filter, at least this share of checkouts is served.
+pub const MIN_CHECKOUT_SERVED: f64 = 0.99;
+/// With the filter, checkout p99 over the whole run is at most this multiple of the calm p99.
+pub const MAX_CHECKOUT_P99_RATIO: f64 = 2.0;
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+pub fn claims(pool_size: u32, without: &Run, with: &Run) -> Vec<Claim> {
+    let mut out = Vec::new();
+    let mut claim =
+        |claim: &str, holds: bool, evidence: String| out.push(Claim { claim: claim.into(), holds, evidence });
+    claim(
+        "without the filter the database tier saturates",
+        without.pool.peak_in_use >= pool_size,
+        format!(
+            "peak connections in use {}/{pool_size}; {} requests timed out waiting for one",
+            without.pool.peak_in_use, without.pool.wait_timeouts
+        ),
+    );
+    let c = without.kind(Kind::Checkout);
+    claim(
+        "without the filter checkout fails",
+        c.share(c.failed) >= OUTAGE_MIN_CHECKOUT_FAILED,
+        format!("{} of {} checkouts failed ({})", c.failed, c.offered, pct(c.share(c.failed))),
+    );
+    claim(
+        "with surgeguard database connections in use never exceed the pool",
+        with.pool.peak_in_use <= pool_size,
+        format!(
+            "peak connections in use {}/{pool_size}; {} requests timed out waiting for one",
+            with.pool.peak_in_use, with.pool.wait_timeouts
+        ),
+    );
+    let c = with.kind(Kind::Checkout);
+    claim(
+        "with surgeguard checkout is served (>= 99%)",
+        c.offered > 0 && c.share(c.served) >= MIN_CHECKOUT_SERVED,
+        format!("{} of {} served ({})", c.served, c.offered, pct(c.share(c.served))),
+    );
+    let calm = with.kind_in_phase(Kind::Checkout, Phase::Calm);
+    claim(
+        "with surgeguard checkout p99 stays within 2x of the calm phase",
+        calm.offered > 0 && c.p99_ms <= MAX_CHECKOUT_P99_RATIO * calm.p99_ms,
+        format!(
+            "p99 {:.1} ms over the run vs {:.1} ms calm ({:.2}x)",
+            c.p99_ms,
+            calm.p99_ms,
+            if calm.p99_ms > 0.0 { c.p99_ms / calm.p99_ms } else { 0.0 }
+        ),
+    );
+    let refused = with.all().refused;
+    let shed_kinds = with.kind(Kind::Bot).refused + with.kind(Kind::Search).refused;
+    let share = if refused == 0 { 0.0 } else { shed_kinds as f64 / refused as f64 };
+    claim(
+        "with surgeguard what is refused is mostly bot and search traffic",
+        refused > 0 && share > 0.5,
+        format!("{shed_kinds} of {refused} refusals are bot or search ({})", pct(share)),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(kind: Kind, phase: Phase, status: Option<u16>, sg: bool, latency_ms: u64) -> Outcome {
+        Outcome {
+            kind,
+            phase,
+            at_us: 0,
+            status,
+            surgeguard: sg.then(|| "limit=storefront; class=sheddable".to_string()),
+            latency_us: latency_ms * 1000,
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let us: Vec<u64> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile_ms(&us, 0.50), 50.0);
+        assert_eq!(percentile_ms(&us, 0.99), 99.0);
+        assert_eq!(percentile_ms(&us[..1], 0.99), 1.0);
+        assert_eq!(percentile_ms(&[], 0.99), 0.0);
+        // 10 values: p99 is the largest, p50 the fifth.
+        assert_eq!(percentile_ms(&us[..10], 0.99), 10.0);
+        assert_eq!(percentile_ms(&us[..10], 0.50), 5.0);
+    }
+
+    #[test]
+    fn every_offered_request_is_served_refused_or_failed() {
+        let outcomes = [
+            o(Kind::Bot, Phase::Surge, Some(429), true, 1),
+            o(Kind::Bot, Phase::Surge, Some(503), true, 2),
+            o(Kind::Bot, Phase::Calm, Some(200), false, 40),
+            o(Kind::Bot, Phase::Surge, Some(500), false, 1000),
+            o(Kind::Bot, Phase::Surge, None, false, 5000),
+        ];
+        let s = Stats::of(outcomes.iter());
+        assert_eq!((s.offered, s.served, s.refused, s.failed), (5, 1, 2, 2));
+        assert_eq!(s.offered, s.served + s.refused + s.failed);
+        assert_eq!(s.p50_ms, 40.0);
+        assert_eq!(s.p99_ms, 5000.0);
+        assert_eq!(s.share(s.refused), 0.4);
+        assert_eq!(Stats::of([].iter()).share(0), 0.0);
+    }
+
+    fn run(key: &'static str, peak: u32, outcomes: Vec<Outcome>) -> Run {
+        Run {
+            key,
+            outcomes,
+            pool: PoolStats {
+                size: 40,
+                in_use: 0,
+                peak_in_use: peak,
+                waiting: 0,
+                peak_waiting: 0,
+                leases: 0,
+                wait_timeouts: 0,
+            },
+            db_in_use: vec![],
+            filter_counters: vec![],
+        }
+    }
+
+    fn outage() -> Run {
+        let mut v: Vec<Outcome> = (0..20).map(|_| o(Kind::Checkout, Phase::Surge, Some(500), false, 1000)).collect();
+        v.extend((0..80).map(|_| o(Kind::Checkout, Phase::Surge, Some(200), false, 200)));
+        run("without_filter", 40, v)
+    }
+
+    fn protected(checkout_calm_ms: u64, checkout_surge_ms: u64, refusals: &[(Kind, u64)]) -> Run {
+        let mut v: Vec<Outcome> =
+            (0..100).map(|_| o(Kind::Checkout, Phase::Calm, Some(200), false, checkout_calm_ms)).collect();
+        v.extend((0..100).map(|_| o(Kind::Checkout, Phase::Surge, Some(200), false, checkout_surge_ms)));
+        for (kind, n) in refusals {
+            v.extend((0..*n).map(|_| o(*kind, Phase::Surge, Some(429), true, 1)));
+        }
+        run("with_filter", 18, v)
+    }
+
+    #[test]
+    fn the_claims_hold_for_an_outage_and_a_protected_run() {
+        let c = claims(40, &outage(), &protected(60, 100, &[(Kind::Bot, 60), (Kind::Browse, 40)]));
+        assert!(c.iter().all(|c| c.holds), "{c:#?}");
+        assert_eq!(c.len(), 6);
+    }
+
+    #[test]
+    fn each_claim_fails_when_its_numbers_do_not_show_it() {
+        let holds = |c: Vec<Claim>, i: usize| c[i].holds;
+        let good = || protected(60, 100, &[(Kind::Search, 60)]);
+        let calm_outage = run("without_filter", 39, outage().outcomes);
+        assert!(!holds(claims(40, &calm_outage, &good()), 0));
+        let no_failures = run("without_filter", 40, vec![o(Kind::Checkout, Phase::Surge, Some(200), false, 10)]);
+        assert!(!holds(claims(40, &no_failures, &good()), 1));
+        let mut over = good();
+        over.pool.peak_in_use = 41;
+        assert!(!holds(claims(40, &outage(), &over), 2));
+        let mut lost = good();
+        lost.outcomes.push(o(Kind::Checkout, Phase::Surge, Some(503), true, 1));
+        lost.outcomes.push(o(Kind::Checkout, Phase::Surge, Some(503), true, 1));
+        lost.outcomes.push(o(Kind::Checkout, Phase::Surge, Some(503), true, 1));
+        assert!(!holds(claims(40, &outage(), &lost), 3), "197/200 is under 99%");
+        assert!(!holds(claims(40, &outage(), &protected(60, 130, &[(Kind::Bot, 9)])), 4));
+        assert!(holds(claims(40, &outage(), &protected(60, 120, &[(Kind::Bot, 9)])), 4));
+        assert!(!holds(claims(40, &outage(), &protected(60, 100, &[(Kind::Browse, 9), (Kind::Bot, 8)])), 5));
+        assert!(!holds(claims(40, &outage(), &protected(60, 100, &[])), 5), "nothing refused");
+    }
+
+    #[test]
+    fn the_timeline_bins_by_scheduled_second() {
+        let mut a = o(Kind::Cart, Phase::Calm, Some(200), false, 5);
+        a.at_us = 1_500_000;
+        let mut b = a.clone();
+        b.at_us = 2_999_999;
+        let mut c = a.clone();
+        c.at_us = 9_000_000; // past the end: counted in the last bin
+        let r = run("with_filter", 1, vec![a, b, c]);
+        assert_eq!(r.timeline(Kind::Cart, Verdict::Served, 3.0), vec![0, 1, 2]);
+        assert_eq!(r.timeline(Kind::Cart, Verdict::Failed, 3.0), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn the_json_has_the_contract_keys_for_every_kind() {
+        let plan =
+            Plan { duration_s: 2.0, surge: 5.0, calm_rate_per_s: 10.0, mix: crate::traffic::Mix::default(), seed: 1 };
+        let v = protected(60, 100, &[(Kind::Bot, 3)]).to_json(&plan);
+        assert_eq!(v["db_peak_in_use"], 18);
+        for kind in Kind::ALL {
+            let k = &v["traffic"][kind.name()];
+            for key in ["offered", "served", "refused", "failed", "p50_ms", "p99_ms"] {
+                assert!(k[key].is_number(), "{}.{key}", kind.name());
+            }
+        }
+        assert_eq!(v["traffic"]["bot"]["refused"], 3);
+        assert_eq!(v["traffic"]["checkout"]["phases"]["calm"]["p99_ms"], 60.0);
+    }
+}

@@ -46,22 +46,13 @@ impl Bucket {
         let new_tat_ns = tat_ns.max(now_ns).saturating_add(self.ns_per_token);
         let ahead_ns = new_tat_ns - now_ns;
         if ahead_ns > self.tolerance_ns {
-            let wait_ns =
-                (self.tolerance_ns >= self.ns_per_token).then(|| ahead_ns - self.tolerance_ns);
+            let wait_ns = (self.tolerance_ns >= self.ns_per_token).then(|| ahead_ns - self.tolerance_ns);
             return Err(Refused { wait_ns });
         }
         let slack_ns = self.tolerance_ns - ahead_ns;
         let remaining = slack_ns / self.ns_per_token;
-        let next_in_ns = if remaining >= 1 {
-            0
-        } else {
-            self.ns_per_token - slack_ns
-        };
-        Ok(Taken {
-            new_tat_ns,
-            remaining,
-            next_in_ns,
-        })
+        let next_in_ns = if remaining >= 1 { 0 } else { self.ns_per_token - slack_ns };
+        Ok(Taken { new_tat_ns, remaining, next_in_ns })
     }
 
     /// Whole tokens this class could take at `now_ns` (a read, no take).
@@ -98,10 +89,7 @@ mod tests {
 
     /// 10 tokens/s, burst 5, no reserve.
     fn ten_per_second_burst_five() -> Bucket {
-        Bucket {
-            ns_per_token: 100 * MS,
-            tolerance_ns: 500 * MS,
-        }
+        Bucket { ns_per_token: 100 * MS, tolerance_ns: 500 * MS }
     }
 
     fn drain(b: &Bucket, mut tat: u64, now: u64) -> (u64, u64) {
@@ -156,12 +144,7 @@ mod tests {
         let now = 10 * NS_PER_S;
         let (tat, _) = drain(&b, 0, now);
         let refused = b.take(tat, now).err();
-        assert_eq!(
-            refused,
-            Some(Refused {
-                wait_ns: Some(100 * MS)
-            })
-        );
+        assert_eq!(refused, Some(Refused { wait_ns: Some(100 * MS) }));
         assert!(b.take(tat, now + 100 * MS).is_ok());
         assert_eq!(ceil_seconds(100 * MS), 1);
         assert_eq!(ceil_seconds(2 * NS_PER_S + 1), 3);
@@ -170,14 +153,8 @@ mod tests {
     #[test]
     fn reserve_keeps_tokens_for_more_important_classes() {
         // Burst 10 at 10/s; a class with reserve 0.5 may only take while 5 would remain.
-        let reserved = Bucket {
-            ns_per_token: 100 * MS,
-            tolerance_ns: 500 * MS,
-        };
-        let open = Bucket {
-            ns_per_token: 100 * MS,
-            tolerance_ns: 1_000 * MS,
-        };
+        let reserved = Bucket { ns_per_token: 100 * MS, tolerance_ns: 500 * MS };
+        let open = Bucket { ns_per_token: 100 * MS, tolerance_ns: 1_000 * MS };
         let now = 10 * NS_PER_S;
         let (tat, taken) = drain(&reserved, 0, now);
         assert_eq!(taken, 5);
@@ -194,18 +171,12 @@ mod tests {
         let (tat, _) = drain(&b, 0, now);
         // Undo the last take and take again: the last token leaves nothing and a 100 ms wait.
         let last = b.take(give_back(tat, b.ns_per_token), now).ok();
-        assert_eq!(
-            last.map(|t| (t.remaining, t.next_in_ns)),
-            Some((0, 100 * MS))
-        );
+        assert_eq!(last.map(|t| (t.remaining, t.next_in_ns)), Some((0, 100 * MS)));
     }
 
     #[test]
     fn a_class_whose_reserve_leaves_under_one_token_is_never_admitted() {
-        let b = Bucket {
-            ns_per_token: 100 * MS,
-            tolerance_ns: 50 * MS,
-        };
+        let b = Bucket { ns_per_token: 100 * MS, tolerance_ns: 50 * MS };
         assert_eq!(b.take(0, NS_PER_S).err(), Some(Refused { wait_ns: None }));
     }
 
@@ -214,10 +185,7 @@ mod tests {
         let b = ten_per_second_burst_five();
         let now = 10 * NS_PER_S;
         let t = b.take(now + 200 * MS, now).ok().map(|t| t.new_tat_ns);
-        assert_eq!(
-            t.map(|tat| give_back(tat, b.ns_per_token)),
-            Some(now + 200 * MS)
-        );
+        assert_eq!(t.map(|tat| give_back(tat, b.ns_per_token)), Some(now + 200 * MS));
         assert!(is_full(give_back(now + 100 * MS, b.ns_per_token), now));
     }
 }

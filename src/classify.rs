@@ -2,54 +2,77 @@
 
 use crate::config::{HeaderTest, Matcher, Policy};
 
-/// What the core reads of a request; the host fetches only what the policy needs.
+/// What the core reads of a request. The host implements it lazily (an attribute is fetched
+/// the first time a rule or limit reads it); [`Request`] is the plain version for tests and tools.
+pub trait RequestView {
+    fn method(&self) -> &[u8];
+    /// `:path` without its query string.
+    fn path(&self) -> &[u8];
+    /// The value of [`Policy::header_names`]`[slot]`; `None` if absent.
+    fn header(&self, slot: usize) -> Option<&[u8]>;
+    /// The downstream address without its port, as Envoy reports it.
+    fn client_ip(&self) -> &[u8];
+}
+
+/// Cuts the query string off a `:path`.
+pub fn strip_query(path: &[u8]) -> &[u8] {
+    match path.iter().position(|&b| b == b'?') {
+        Some(i) => path.get(..i).unwrap_or(path),
+        None => path,
+    }
+}
+
+/// A request given as values.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Request<'a> {
     pub method: &'a [u8],
-    /// `:path`, possibly with a query string (ignored by matching).
+    /// Without its query string (see [`Request::new`]).
     pub path: &'a [u8],
     /// Values of [`Policy::header_names`], in order; `None` for an absent header.
     pub headers: &'a [Option<Vec<u8>>],
-    /// The downstream address without its port, as Envoy reports it.
     pub client_ip: &'a [u8],
 }
 
-impl Request<'_> {
-    pub fn path_without_query(&self) -> &[u8] {
-        match self.path.iter().position(|&b| b == b'?') {
-            Some(i) => self.path.get(..i).unwrap_or(self.path),
-            None => self.path,
-        }
+impl<'a> Request<'a> {
+    pub fn new(method: &'a [u8], path: &'a [u8], headers: &'a [Option<Vec<u8>>], client_ip: &'a [u8]) -> Request<'a> {
+        Request { method, path: strip_query(path), headers, client_ip }
     }
+}
 
-    pub fn header(&self, slot: usize) -> Option<&[u8]> {
+impl RequestView for Request<'_> {
+    fn method(&self) -> &[u8] {
+        self.method
+    }
+    fn path(&self) -> &[u8] {
+        self.path
+    }
+    fn header(&self, slot: usize) -> Option<&[u8]> {
         self.headers.get(slot).and_then(|h| h.as_deref())
+    }
+    fn client_ip(&self) -> &[u8] {
+        self.client_ip
     }
 }
 
 /// The first rule whose match holds gives the class; none: the default class.
-pub fn classify(policy: &Policy, req: &Request) -> usize {
-    policy
-        .rules
-        .iter()
-        .find(|r| matches(&r.matcher, req))
-        .map_or(policy.default_class, |r| r.class)
+pub fn classify(policy: &Policy, req: &dyn RequestView) -> usize {
+    policy.rules.iter().find(|r| matches(&r.matcher, req)).map_or(policy.default_class, |r| r.class)
 }
 
-pub fn matches(m: &Matcher, req: &Request) -> bool {
-    let path = req.path_without_query();
+pub fn matches(m: &Matcher, req: &dyn RequestView) -> bool {
     if let Some(prefix) = &m.path_prefix {
-        if !path.starts_with(prefix) {
+        if !req.path().starts_with(prefix) {
             return false;
         }
     }
     if let Some(exact) = &m.path {
-        if path != exact.as_slice() {
+        if req.path() != exact.as_slice() {
             return false;
         }
     }
     if let Some(methods) = &m.methods {
-        if !methods.iter().any(|x| x.as_slice() == req.method) {
+        let method = req.method();
+        if !methods.iter().any(|x| x.as_slice() == method) {
             return false;
         }
     }
@@ -81,10 +104,14 @@ fn eq(value: &[u8], pattern: &[u8], ignore_case: bool) -> bool {
 }
 
 fn contains(value: &[u8], pattern: &[u8], ignore_case: bool) -> bool {
-    pattern.is_empty()
-        || value
-            .windows(pattern.len())
-            .any(|w| eq(w, pattern, ignore_case))
+    let Some((&first, rest)) = pattern.split_first() else { return true };
+    let Some(last_start) = value.len().checked_sub(pattern.len()) else { return false };
+    // Compare the rest only where the first byte matches: most positions fail at once.
+    (0..=last_start).any(|i| {
+        let starts =
+            value.get(i).is_some_and(|&b| if ignore_case { b.to_ascii_lowercase() == first } else { b == first });
+        starts && value.get(i + 1..i + pattern.len()).is_some_and(|w| eq(w, rest, ignore_case))
+    })
 }
 
 #[cfg(test)]
@@ -107,22 +134,14 @@ mod tests {
     fn class_of(method: &str, path: &str, user_agent: Option<&[u8]>) -> String {
         let policy = parse(STOREFRONT.as_bytes()).unwrap_or_else(|e| unreachable!("{e:?}"));
         let headers = vec![user_agent.map(|u| u.to_vec())];
-        let req = Request {
-            method: method.as_bytes(),
-            path: path.as_bytes(),
-            headers: &headers,
-            client_ip: b"",
-        };
+        let req = Request::new(method.as_bytes(), path.as_bytes(), &headers, b"");
         policy.classes[classify(&policy, &req)].name.clone()
     }
 
     #[test]
     fn rules_apply_in_order_and_the_first_match_wins() {
         assert_eq!(class_of("POST", "/checkout", Some(b"Mozilla")), "critical");
-        assert_eq!(
-            class_of("POST", "/checkout", Some(b"GoodBot/1.0")),
-            "sheddable"
-        );
+        assert_eq!(class_of("POST", "/checkout", Some(b"GoodBot/1.0")), "sheddable");
     }
 
     #[test]
@@ -139,23 +158,14 @@ mod tests {
 
     #[test]
     fn no_rule_gives_the_default_class() {
-        assert_eq!(
-            class_of("GET", "/products/42", Some(b"Mozilla")),
-            "standard"
-        );
+        assert_eq!(class_of("GET", "/products/42", Some(b"Mozilla")), "standard");
     }
 
     #[test]
     fn strange_requests_are_classified_without_panicking() {
         assert_eq!(class_of("", "", None), "standard");
-        assert_eq!(
-            class_of("GET", "?", Some(&[0xff, 0xfe, b'b', b'o', b't'])),
-            "sheddable"
-        );
-        assert_eq!(
-            class_of("GET", "/checkout", Some(&[0xc3, 0x28])),
-            "critical"
-        );
+        assert_eq!(class_of("GET", "?", Some(&[0xff, 0xfe, b'b', b'o', b't'])), "sheddable");
+        assert_eq!(class_of("GET", "/checkout", Some(&[0xc3, 0x28])), "critical");
     }
 
     #[test]
@@ -166,10 +176,7 @@ mod tests {
         let policy = parse(cfg.as_bytes()).unwrap_or_else(|e| unreachable!("{e:?}"));
         let class = |key: Option<&[u8]>, tier: Option<&[u8]>| {
             let headers = vec![key.map(|v| v.to_vec()), tier.map(|v| v.to_vec())];
-            let req = Request {
-                headers: &headers,
-                ..Request::default()
-            };
+            let req = Request { headers: &headers, ..Request::default() };
             policy.classes[classify(&policy, &req)].name.clone()
         };
         assert_eq!(class(Some(b""), None), "a");

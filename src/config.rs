@@ -3,7 +3,7 @@
 //! Invariants of a compiled [`Policy`]:
 //! - every class, rule and limit index is in range; names are unique and safe in metric names;
 //! - every number is in the range its field documents, so the arithmetic in `bucket` and
-//!   `inflight` cannot overflow;
+//!   `record` cannot overflow; at most [`MAX_LIMITS`] limits (decisions keep limit sets as bits);
 //! - a configuration with any problem compiles to nothing: every problem is reported, each as
 //!   `<path>: <message>, got <value>` (or `<path>: unknown field`).
 //!
@@ -21,6 +21,7 @@ pub const MAX_BURST: u64 = 1_000_000_000;
 /// `burst / tokens_per_second` bound: keeps `burst_ns` well inside u64.
 pub const MAX_WINDOW_S: f64 = 1e9;
 pub const MAX_IN_FLIGHT: u64 = 1_000_000;
+pub const MAX_LIMITS: usize = 64;
 pub const DEFAULT_SHED_RETRY_AFTER_S: u64 = 1;
 pub const NS_PER_S: u64 = 1_000_000_000;
 
@@ -149,18 +150,8 @@ pub struct FieldDoc {
     pub meaning: &'static str,
 }
 
-const fn doc(
-    path: &'static str,
-    required: bool,
-    default: &'static str,
-    meaning: &'static str,
-) -> FieldDoc {
-    FieldDoc {
-        path,
-        required,
-        default,
-        meaning,
-    }
+const fn doc(path: &'static str, required: bool, default: &'static str, meaning: &'static str) -> FieldDoc {
+    FieldDoc { path, required, default, meaning }
 }
 
 pub const REFERENCE: &[FieldDoc] = &[
@@ -204,8 +195,7 @@ fn is_documented(schema: &str, field: &str) -> bool {
 
 /// The reference table in Markdown, as the README shows it (`surgeguard-check --reference`).
 pub fn reference_markdown() -> String {
-    let mut out =
-        String::from("| field | required | default | meaning |\n| --- | --- | --- | --- |\n");
+    let mut out = String::from("| field | required | default | meaning |\n| --- | --- | --- | --- |\n");
     for d in REFERENCE {
         let required = if d.required { "yes" } else { "no" };
         // A literal default is code; a described one ("the last class") is prose.
@@ -214,10 +204,7 @@ pub fn reference_markdown() -> String {
         } else {
             format!("`{}`", d.default)
         };
-        out.push_str(&format!(
-            "| `{}` | {required} | {default} | {} |\n",
-            d.path, d.meaning
-        ));
+        out.push_str(&format!("| `{}` | {required} | {default} | {} |\n", d.path, d.meaning));
     }
     out
 }
@@ -227,10 +214,7 @@ pub fn parse(bytes: &[u8]) -> Result<Policy, Vec<ConfigError>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         vec![ConfigError {
             path: "configuration".into(),
-            message: format!(
-                "must be UTF-8 JSON (invalid byte at offset {})",
-                e.valid_up_to()
-            ),
+            message: format!("must be UTF-8 JSON (invalid byte at offset {})", e.valid_up_to()),
             got: None,
         }]
     })?;
@@ -241,12 +225,7 @@ pub fn parse(bytes: &[u8]) -> Result<Policy, Vec<ConfigError>> {
         serde_json::from_str(text).map_err(|e| {
             vec![ConfigError {
                 path: "configuration".into(),
-                message: format!(
-                    "invalid JSON ({} at line {} column {})",
-                    json_error_kind(&e),
-                    e.line(),
-                    e.column()
-                ),
+                message: format!("invalid JSON ({} at line {} column {})", json_error_kind(&e), e.line(), e.column()),
                 got: None,
             }]
         })?
@@ -296,27 +275,14 @@ struct Compiler {
 
 impl Compiler {
     fn error(&mut self, path: &str, message: impl Into<String>, got: Option<&Value>) {
-        self.errors.push(ConfigError {
-            path: path.to_string(),
-            message: message.into(),
-            got: got.map(render),
-        });
+        self.errors.push(ConfigError { path: path.to_string(), message: message.into(), got: got.map(render) });
     }
 
     /// Checks that `v` is an object whose fields are all documented in [`REFERENCE`] under
     /// `schema` (the path with indices dropped, e.g. `limits[]`; `match` for every match).
-    fn object<'v>(
-        &mut self,
-        path: &str,
-        v: &'v Value,
-        schema: &str,
-    ) -> Option<&'v Map<String, Value>> {
+    fn object<'v>(&mut self, path: &str, v: &'v Value, schema: &str) -> Option<&'v Map<String, Value>> {
         let Some(map) = v.as_object() else {
-            let p = if path.is_empty() {
-                "configuration"
-            } else {
-                path
-            };
+            let p = if path.is_empty() { "configuration" } else { path };
             self.error(p, "must be an object", Some(v));
             return None;
         };
@@ -390,9 +356,7 @@ impl Compiler {
     /// A name used in metric names and headers: letters, digits, `_` and `-`.
     fn name(&mut self, path: &str, v: &Value) -> Option<String> {
         let s = self.non_empty_string(path, v)?;
-        let ok = s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !ok {
             self.error(path, "must be 1 to 64 of A-Z a-z 0-9 _ -", Some(v));
             return None;
@@ -402,9 +366,7 @@ impl Compiler {
 
     fn header_slot(&mut self, path: &str, v: &Value) -> Option<usize> {
         let s = self.non_empty_string(path, v)?;
-        let is_token = s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:".contains(&b));
+        let is_token = s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:".contains(&b));
         if !is_token || (s.starts_with(':') && s.len() == 1) {
             self.error(path, "must be an HTTP header name", Some(v));
             return None;
@@ -440,10 +402,7 @@ impl Compiler {
         let classes = match root.get("classes") {
             None => {
                 class_names.push("default".to_string());
-                Some(vec![Class {
-                    name: "default".into(),
-                    reserve: 0.0,
-                }])
+                Some(vec![Class { name: "default".into(), reserve: 0.0 }])
             }
             Some(c) => self.classes(c, &mut class_names),
         };
@@ -466,19 +425,11 @@ impl Compiler {
 
         let concurrency = match root.get("concurrency") {
             None => Some(None),
-            Some(c) => self
-                .concurrency(c, classes.as_deref().unwrap_or(&[]))
-                .map(Some),
+            Some(c) => self.concurrency(c, classes.as_deref().unwrap_or(&[])).map(Some),
         };
 
-        let (mode, classes, default_class, rules, limits, concurrency) = (
-            mode?,
-            classes?,
-            default_class?,
-            rules?,
-            limits?,
-            concurrency?,
-        );
+        let (mode, classes, default_class, rules, limits, concurrency) =
+            (mode?, classes?, default_class?, rules?, limits?, concurrency?);
         let needs_path = rules
             .iter()
             .map(|r| &r.matcher)
@@ -527,11 +478,7 @@ impl Compiler {
             };
             if let Some(n) = &name {
                 if names.contains(n) {
-                    self.error(
-                        &format!("{path}.name"),
-                        "duplicate class name",
-                        obj.get("name"),
-                    );
+                    self.error(&format!("{path}.name"), "duplicate class name", obj.get("name"));
                     ok = false;
                 } else {
                     names.push(n.clone());
@@ -543,11 +490,7 @@ impl Compiler {
                     if (0.0..=1.0).contains(&x) {
                         Some(x)
                     } else {
-                        self.error(
-                            &format!("{path}.reserve"),
-                            "must be between 0.0 and 1.0",
-                            Some(r),
-                        );
+                        self.error(&format!("{path}.reserve"), "must be between 0.0 and 1.0", Some(r));
                         None
                     }
                 }),
@@ -564,11 +507,7 @@ impl Compiler {
         let s = self.string(path, v)?;
         let i = class_names.iter().position(|c| c == s);
         if i.is_none() {
-            self.error(
-                path,
-                format!("must name a class ({})", class_names.join(", ")),
-                Some(v),
-            );
+            self.error(path, format!("must name a class ({})", class_names.join(", ")), Some(v));
         }
         i
     }
@@ -622,9 +561,7 @@ impl Compiler {
                 for (i, method) in list.iter().enumerate() {
                     let p = format!("{mpath}[{i}]");
                     if let Some(s) = self.non_empty_string(&p, method) {
-                        if s.bytes()
-                            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
-                        {
+                        if s.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
                             methods.push(s.as_bytes().to_vec());
                         } else {
                             self.error(&p, "must be an upper-case HTTP method", Some(method));
@@ -662,16 +599,10 @@ impl Compiler {
             None => Some(false),
             Some(b) => self.bool(&field_path(path, "ignore_case"), b),
         };
-        let given: Vec<&str> = ["exact", "prefix", "contains", "present"]
-            .into_iter()
-            .filter(|k| obj.contains_key(*k))
-            .collect();
+        let given: Vec<&str> =
+            ["exact", "prefix", "contains", "present"].into_iter().filter(|k| obj.contains_key(*k)).collect();
         if given.len() != 1 {
-            self.error(
-                path,
-                "must give exactly one of exact, prefix, contains, present",
-                Some(v),
-            );
+            self.error(path, "must give exactly one of exact, prefix, contains, present", Some(v));
             return None;
         }
         let key = given.first().copied().unwrap_or("present");
@@ -687,20 +618,18 @@ impl Compiler {
         let test = match key {
             "exact" => self.string(&fpath, fv).map(|s| HeaderTest::Exact(case(s))),
             "prefix" => self.string(&fpath, fv).map(|s| HeaderTest::Prefix(case(s))),
-            "contains" => self
-                .string(&fpath, fv)
-                .map(|s| HeaderTest::Contains(case(s))),
+            "contains" => self.string(&fpath, fv).map(|s| HeaderTest::Contains(case(s))),
             _ => self.bool(&fpath, fv).map(HeaderTest::Present),
         };
-        Some(HeaderMatch {
-            slot: slot?,
-            test: test?,
-            ignore_case: ignore_case?,
-        })
+        Some(HeaderMatch { slot: slot?, test: test?, ignore_case: ignore_case? })
     }
 
     fn limits(&mut self, v: &Value, classes: &[Class]) -> Option<Vec<Limit>> {
         let list = self.array("limits", v)?;
+        if list.len() > MAX_LIMITS {
+            self.error("limits", format!("must hold at most {MAX_LIMITS} limits (got {})", list.len()), None);
+            return None;
+        }
         let mut out: Vec<Limit> = Vec::new();
         let mut ok = true;
         for (i, l) in list.iter().enumerate() {
@@ -757,22 +686,14 @@ impl Compiler {
                 Some(m) => {
                     let n = self.integer(&p("max_keys"), m, 1, MAX_MAX_KEYS);
                     if n.is_some() && key == Some(KeySource::Global) {
-                        self.error(
-                            &p("max_keys"),
-                            "applies only to a keyed limit (client_ip or header)",
-                            Some(m),
-                        );
+                        self.error(&p("max_keys"), "applies only to a keyed limit (client_ip or header)", Some(m));
                     }
                     n
                 }
             };
             if let (Some(rate), Some(burst)) = (rate, burst) {
                 if burst as f64 / rate > MAX_WINDOW_S {
-                    self.error(
-                        &p("burst"),
-                        "burst / tokens_per_second must be <= 1e9 seconds",
-                        obj.get("burst"),
-                    );
+                    self.error(&p("burst"), "burst / tokens_per_second must be <= 1e9 seconds", obj.get("burst"));
                 }
             }
             if self.errors.len() != errors_before {
@@ -785,15 +706,7 @@ impl Compiler {
                 ok = false;
                 continue;
             };
-            out.push(compile_limit(
-                name,
-                key,
-                rate,
-                burst,
-                matcher,
-                max_keys as u32,
-                classes,
-            ));
+            out.push(compile_limit(name, key, rate, burst, matcher, max_keys as u32, classes));
         }
         ok.then_some(out)
     }
@@ -805,9 +718,7 @@ impl Compiler {
             Value::Object(_) => {
                 let obj = self.object(path, v, "limits[].key")?;
                 match obj.get("header") {
-                    Some(h) => self
-                        .header_slot(&field_path(path, "header"), h)
-                        .map(KeySource::Header),
+                    Some(h) => self.header_slot(&field_path(path, "header"), h).map(KeySource::Header),
                     None => {
                         self.error(&field_path(path, "header"), "required", None);
                         None
@@ -815,11 +726,7 @@ impl Compiler {
                 }
             }
             _ => {
-                self.error(
-                    path,
-                    "must be \"global\", \"client_ip\" or {\"header\": NAME}",
-                    Some(v),
-                );
+                self.error(path, "must be \"global\", \"client_ip\" or {\"header\": NAME}", Some(v));
                 None
             }
         }
@@ -844,11 +751,7 @@ impl Compiler {
             // in_flight + 1 <= (1 - reserve) x max; the epsilon absorbs 0.8 x 200 = 159.99999.
             .map(|c| ((1.0 - c.reserve) * max as f64 + 1e-9).floor() as u32)
             .collect();
-        Some(Concurrency {
-            max_in_flight: max as u32,
-            class_max_in_flight,
-            retry_after_s,
-        })
+        Some(Concurrency { max_in_flight: max as u32, class_max_in_flight, retry_after_s })
     }
 }
 

@@ -45,16 +45,10 @@ fn the_contract_example_compiles() {
     assert_eq!(p.rules.len(), 4);
     assert_eq!(p.limits[1].key, KeySource::ClientIp);
     assert_eq!(p.limits[2].key, KeySource::Header(1));
-    assert_eq!(
-        p.header_names,
-        vec!["user-agent".to_string(), "x-api-key".to_string()]
-    );
+    assert_eq!(p.header_names, vec!["user-agent".to_string(), "x-api-key".to_string()]);
     assert_eq!(p.limits[0].policy_header, "\"storefront\";q=1000;w=2");
     assert_eq!(p.limits[1].max_keys, DEFAULT_MAX_KEYS as u32);
-    let c = p
-        .concurrency
-        .as_ref()
-        .map(|c| c.class_max_in_flight.clone());
+    let c = p.concurrency.as_ref().map(|c| c.class_max_in_flight.clone());
     assert_eq!(c, Some(vec![200, 160, 100]));
     assert!(p.needs_path && p.needs_method && p.needs_client_ip);
 }
@@ -63,13 +57,7 @@ fn the_contract_example_compiles() {
 fn defaults_fill_what_is_left_out() {
     let p = policy(r#"{"limits": [{"name": "all", "tokens_per_second": 10, "burst": 5}]}"#);
     assert_eq!(p.mode, Mode::Enforce);
-    assert_eq!(
-        p.classes,
-        vec![Class {
-            name: "default".into(),
-            reserve: 0.0
-        }]
-    );
+    assert_eq!(p.classes, vec![Class { name: "default".into(), reserve: 0.0 }]);
     assert_eq!(p.default_class, 0);
     assert_eq!(p.limits[0].key, KeySource::Global);
     assert!(p.concurrency.is_none());
@@ -92,10 +80,7 @@ fn contract_error_strings() {
     );
     assert_eq!(
         errors(r#"{"limits": [{"name": "a", "tokens_per_secnd": 1, "burst": 1}]}"#),
-        vec![
-            "limits[0].tokens_per_secnd: unknown field",
-            "limits[0].tokens_per_second: required"
-        ]
+        vec!["limits[0].tokens_per_secnd: unknown field", "limits[0].tokens_per_second: required"]
     );
 }
 
@@ -127,18 +112,9 @@ fn every_problem_is_reported_not_just_the_first() {
 
 #[test]
 fn type_errors_name_the_expected_type() {
-    assert_eq!(
-        errors(r#"[1, 2]"#),
-        vec!["configuration: must be an object, got [1,2]"]
-    );
-    assert_eq!(
-        errors(r#"{"classes": {}}"#),
-        vec!["classes: must be a list, got {}"]
-    );
-    assert_eq!(
-        errors(r#"{"classes": []}"#),
-        vec!["classes: must name at least one class, got []"]
-    );
+    assert_eq!(errors(r#"[1, 2]"#), vec!["configuration: must be an object, got [1,2]"]);
+    assert_eq!(errors(r#"{"classes": {}}"#), vec!["classes: must be a list, got {}"]);
+    assert_eq!(errors(r#"{"classes": []}"#), vec!["classes: must name at least one class, got []"]);
     assert_eq!(
         errors(r#"{"limits": [{"name": "a", "tokens_per_second": "fast", "burst": 1}]}"#),
         vec!["limits[0].tokens_per_second: must be a number, got \"fast\""]
@@ -163,16 +139,10 @@ fn header_matches_take_exactly_one_test() {
 
 #[test]
 fn invalid_json_says_where() {
-    assert_eq!(
-        errors("{\"mode\": }"),
-        vec!["configuration: invalid JSON (expected value at line 1 column 10)"]
-    );
+    assert_eq!(errors("{\"mode\": }"), vec!["configuration: invalid JSON (expected value at line 1 column 10)"]);
     assert_eq!(errors("\u{0}\u{ff}").len(), 1);
     let not_utf8 = parse(&[b'{', 0xff, b'}']).err().map(|e| e[0].to_string());
-    assert_eq!(
-        not_utf8.as_deref(),
-        Some("configuration: must be UTF-8 JSON (invalid byte at offset 1)")
-    );
+    assert_eq!(not_utf8.as_deref(), Some("configuration: must be UTF-8 JSON (invalid byte at offset 1)"));
 }
 
 #[test]
@@ -187,9 +157,8 @@ fn max_keys_belongs_to_keyed_limits_only() {
         errors(r#"{"limits": [{"name": "g", "tokens_per_second": 1, "burst": 1, "max_keys": 5}]}"#),
         vec!["limits[0].max_keys: applies only to a keyed limit (client_ip or header), got 5"]
     );
-    let p = policy(
-        r#"{"limits": [{"name": "k", "key": "client_ip", "tokens_per_second": 1, "burst": 1, "max_keys": 5}]}"#,
-    );
+    let p =
+        policy(r#"{"limits": [{"name": "k", "key": "client_ip", "tokens_per_second": 1, "burst": 1, "max_keys": 5}]}"#);
     assert_eq!(p.limits[0].max_keys, 5);
 }
 
@@ -219,9 +188,7 @@ fn reserves_become_per_class_tolerances() {
 fn a_changed_rate_or_burst_changes_the_state_id() {
     let a = policy(r#"{"limits": [{"name": "l", "tokens_per_second": 10, "burst": 10}]}"#);
     let b = policy(r#"{"limits": [{"name": "l", "tokens_per_second": 10, "burst": 20}]}"#);
-    let c = policy(
-        r#"{"limits": [{"name": "l", "tokens_per_second": 10, "burst": 10}], "mode": "shadow"}"#,
-    );
+    let c = policy(r#"{"limits": [{"name": "l", "tokens_per_second": 10, "burst": 10}], "mode": "shadow"}"#);
     assert_ne!(a.limits[0].state_id, b.limits[0].state_id);
     assert_eq!(a.limits[0].state_id, c.limits[0].state_id);
 }
@@ -236,19 +203,10 @@ fn long_values_are_cut_in_messages() {
 #[test]
 fn documented_defaults_are_the_ones_the_code_uses() {
     let default_of = |path: &str| REFERENCE.iter().find(|d| d.path == path).map(|d| d.default);
-    assert_eq!(
-        default_of("limits[].max_keys"),
-        Some(DEFAULT_MAX_KEYS.to_string().as_str())
-    );
-    assert_eq!(
-        default_of("concurrency.retry_after_s"),
-        Some(DEFAULT_SHED_RETRY_AFTER_S.to_string().as_str())
-    );
+    assert_eq!(default_of("limits[].max_keys"), Some(DEFAULT_MAX_KEYS.to_string().as_str()));
+    assert_eq!(default_of("concurrency.retry_after_s"), Some(DEFAULT_SHED_RETRY_AFTER_S.to_string().as_str()));
     let p = policy(r#"{"concurrency": {"max_in_flight": 3}}"#);
-    assert_eq!(
-        p.concurrency.map(|c| c.retry_after_s),
-        Some(DEFAULT_SHED_RETRY_AFTER_S)
-    );
+    assert_eq!(p.concurrency.map(|c| c.retry_after_s), Some(DEFAULT_SHED_RETRY_AFTER_S));
 }
 
 #[test]
@@ -263,22 +221,10 @@ fn every_documented_field_is_accepted() {
                   "match": {"path": "/"}, "max_keys": 7}],
       "concurrency": {"max_in_flight": 1, "retry_after_s": 2}}"#;
     assert_eq!(errors(all), Vec::<String>::new());
-    let used: Vec<&str> = REFERENCE
-        .iter()
-        .map(|d| d.path.rsplit('.').next().unwrap_or(d.path))
-        .collect();
+    let used: Vec<&str> = REFERENCE.iter().map(|d| d.path.rsplit('.').next().unwrap_or(d.path)).collect();
     for d in REFERENCE {
-        let name = d
-            .path
-            .rsplit('.')
-            .next()
-            .unwrap_or(d.path)
-            .trim_end_matches("[]");
-        assert!(
-            all.contains(&format!("\"{name}\"")),
-            "{} is documented but not exercised",
-            d.path
-        );
+        let name = d.path.rsplit('.').next().unwrap_or(d.path).trim_end_matches("[]");
+        assert!(all.contains(&format!("\"{name}\"")), "{} is documented but not exercised", d.path);
     }
     assert!(!used.is_empty());
 }

@@ -7,7 +7,8 @@
 //! - [`config`]: the JSON configuration, parsed, validated and compiled in one place;
 //! - [`classify`]: which class a request is;
 //! - [`bucket`]: token bucket arithmetic on one `u64`;
-//! - [`inflight`]: the cross-worker in-flight table;
+//! - [`record`]: unkeyed buckets and the in-flight table in one shared value;
+//! - [`keyhash`]: the seeded hash behind storage keys;
 //! - [`decision`]: what happens to one request;
 //! - [`response`], [`metrics`]: what the client and the operator see.
 
@@ -15,8 +16,9 @@ pub mod bucket;
 pub mod classify;
 pub mod config;
 pub mod decision;
-pub mod inflight;
+pub mod keyhash;
 pub mod metrics;
+pub mod record;
 pub mod response;
 pub mod store;
 

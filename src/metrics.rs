@@ -7,21 +7,10 @@
 //! - `surgeguard.in_flight`, `surgeguard.max_in_flight` (gauges)
 
 use crate::config::{Mode, Policy};
-use crate::decision::{Decision, Verdict};
+use crate::decision::{bits, Decision, Verdict};
 
-pub const CLASS_OUTCOMES: [&str; 5] = [
-    "admitted",
-    "rate_limited",
-    "shed",
-    "shadow_rate_limited",
-    "shadow_shed",
-];
-pub const LIMIT_OUTCOMES: [&str; 4] = [
-    "admitted",
-    "rate_limited",
-    "shadow_rate_limited",
-    "key_overflow",
-];
+pub const CLASS_OUTCOMES: [&str; 5] = ["admitted", "rate_limited", "shed", "shadow_rate_limited", "shadow_shed"];
+pub const LIMIT_OUTCOMES: [&str; 4] = ["admitted", "rate_limited", "shadow_rate_limited", "key_overflow"];
 pub const FAIL_OPEN: &str = "surgeguard.fail_open";
 pub const CONFIG_REJECTED: &str = "surgeguard.config_rejected";
 pub const IN_FLIGHT_GAUGE: &str = "surgeguard.in_flight";
@@ -40,53 +29,32 @@ const KEY_OVERFLOW: usize = 3;
 pub fn counter_names(policy: &Policy) -> Vec<String> {
     let mut names = Vec::new();
     for c in &policy.classes {
-        names.extend(
-            CLASS_OUTCOMES
-                .iter()
-                .map(|o| format!("surgeguard.class.{}.{o}", c.name)),
-        );
+        names.extend(CLASS_OUTCOMES.iter().map(|o| format!("surgeguard.class.{}.{o}", c.name)));
     }
     for l in &policy.limits {
-        names.extend(
-            LIMIT_OUTCOMES
-                .iter()
-                .map(|o| format!("surgeguard.limit.{}.{o}", l.name)),
-        );
+        names.extend(LIMIT_OUTCOMES.iter().map(|o| format!("surgeguard.limit.{}.{o}", l.name)));
     }
     names.push(FAIL_OPEN.to_string());
     names
 }
 
-/// Indices into [`counter_names`] of the counters one decision adds 1 to.
-pub fn counters_for(policy: &Policy, decision: &Decision) -> Vec<usize> {
+/// Calls `bump` with the index (into [`counter_names`]) of every counter one decision adds 1 to.
+pub fn for_each_counter(policy: &Policy, decision: &Decision, mut bump: impl FnMut(usize)) {
     let shadow = policy.mode == Mode::Shadow;
     let class_base = decision.class * CLASS_OUTCOMES.len();
-    let limit_base =
-        |l: usize| policy.classes.len() * CLASS_OUTCOMES.len() + l * LIMIT_OUTCOMES.len();
-    let mut out = Vec::with_capacity(2 + decision.limits.len() * 2);
+    let limit_base = |l: usize| policy.classes.len() * CLASS_OUTCOMES.len() + l * LIMIT_OUTCOMES.len();
+    let refused_outcome = if shadow { SHADOW_RATE_LIMITED_LIMIT } else { RATE_LIMITED };
     match decision.verdict {
-        Verdict::Admitted { .. } => out.push(class_base + ADMITTED),
-        Verdict::RateLimited { .. } => out.push(
-            class_base
-                + if shadow {
-                    SHADOW_RATE_LIMITED_CLASS
-                } else {
-                    RATE_LIMITED
-                },
-        ),
-        Verdict::Shed { .. } => out.push(class_base + if shadow { SHADOW_SHED } else { SHED }),
-        Verdict::FailedOpen => out.push(limit_base(policy.limits.len())),
-    }
-    for l in &decision.limits {
-        let outcome = match (l.admitted, shadow) {
-            (true, _) => ADMITTED,
-            (false, false) => RATE_LIMITED,
-            (false, true) => SHADOW_RATE_LIMITED_LIMIT,
-        };
-        out.push(limit_base(l.limit) + outcome);
-        if l.overflow {
-            out.push(limit_base(l.limit) + KEY_OVERFLOW);
+        Verdict::Admitted { .. } => {
+            bump(class_base + ADMITTED);
+            bits(decision.applied).for_each(|l| bump(limit_base(l) + ADMITTED));
         }
+        Verdict::RateLimited { .. } => {
+            bump(class_base + if shadow { SHADOW_RATE_LIMITED_CLASS } else { RATE_LIMITED });
+            bits(decision.refused).for_each(|l| bump(limit_base(l) + refused_outcome));
+        }
+        Verdict::Shed { .. } => bump(class_base + if shadow { SHADOW_SHED } else { SHED }),
+        Verdict::FailedOpen => bump(limit_base(policy.limits.len())),
     }
-    out
+    bits(decision.overflowed).for_each(|l| bump(limit_base(l) + KEY_OVERFLOW));
 }

@@ -16,15 +16,9 @@ pub struct Refusal {
 
 /// The reply for a refusal, or `None` if the request is admitted.
 pub fn refusal(policy: &Policy, decision: &Decision) -> Option<Refusal> {
-    let class = policy
-        .classes
-        .get(decision.class)
-        .map_or("", |c| c.name.as_str());
+    let class = policy.classes.get(decision.class).map_or("", |c| c.name.as_str());
     match decision.verdict {
-        Verdict::RateLimited {
-            limit,
-            retry_after_s,
-        } => {
+        Verdict::RateLimited { limit, retry_after_s } => {
             let limit = policy.limits.get(limit)?;
             Some(Refusal {
                 status: 429,
@@ -32,14 +26,8 @@ pub fn refusal(policy: &Policy, decision: &Decision) -> Option<Refusal> {
                     ("retry-after", retry_after_s.to_string()),
                     ("ratelimit-policy", limit.policy_header.clone()),
                     // r: whole tokens the class may still take (0: refused); t: seconds until r >= 1.
-                    (
-                        "ratelimit",
-                        format!("\"{}\";r=0;t={retry_after_s}", limit.name),
-                    ),
-                    (
-                        "x-surgeguard",
-                        format!("limit={}; class={class}", limit.name),
-                    ),
+                    ("ratelimit", format!("\"{}\";r=0;t={retry_after_s}", limit.name)),
+                    ("x-surgeguard", format!("limit={}; class={class}", limit.name)),
                 ],
                 body: b"rate limited\n",
             })

@@ -14,12 +14,7 @@ pub trait SharedStore {
 
     /// Writes `value` if `key` is still at `version` and returns whether it did. `None` writes
     /// unconditionally: Envoy has no atomic create, so it is used only for a key never written.
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        value: &[u8],
-        version: Option<u32>,
-    ) -> Result<bool, StoreError>;
+    fn compare_and_swap(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<bool, StoreError>;
 }
 
 /// Envoy's semantics in memory: versions start at 1 and change on every write.
@@ -44,12 +39,7 @@ impl SharedStore for MemoryStore {
         Ok(self.map.borrow().get(key).cloned())
     }
 
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        value: &[u8],
-        version: Option<u32>,
-    ) -> Result<bool, StoreError> {
+    fn compare_and_swap(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<bool, StoreError> {
         let mut map = self.map.borrow_mut();
         if let (Some(expected), Some((_, current))) = (version, map.get(key)) {
             if expected != *current {

@@ -27,12 +27,7 @@ impl SharedStore for HostStore {
         }
     }
 
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        value: &[u8],
-        version: Option<u32>,
-    ) -> Result<bool, StoreError> {
+    fn compare_and_swap(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<bool, StoreError> {
         match hostcalls::set_shared_data(key, Some(value), version) {
             Ok(()) => Ok(true),
             Err(Status::CasMismatch) => Ok(false),
@@ -68,16 +63,9 @@ impl Metrics {
             }
         }
         Metrics {
-            counters: counter_names
-                .iter()
-                .map(|n| define(MetricType::Counter, n))
-                .collect(),
+            counters: counter_names.iter().map(|n| define(MetricType::Counter, n)).collect(),
             pending: RefCell::new(vec![0; counter_names.len()]),
-            in_flight: if with_in_flight {
-                define(MetricType::Gauge, crate::metrics::IN_FLIGHT_GAUGE)
-            } else {
-                None
-            },
+            in_flight: if with_in_flight { define(MetricType::Gauge, crate::metrics::IN_FLIGHT_GAUGE) } else { None },
             in_flight_total: Cell::new(None),
         }
     }

@@ -3,14 +3,15 @@
 
 use super::adapters::{now_ns, HostStore};
 use super::root::Active;
-use crate::classify::Request;
+use crate::classify::{strip_query, RequestView};
 use crate::config::Mode;
 use crate::decision::Verdict;
-use crate::metrics::counters_for;
+use crate::metrics::for_each_counter;
 use crate::response::refusal;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
+use std::cell::OnceCell;
 use std::rc::Rc;
 
 pub struct RequestFilter {
@@ -20,34 +21,28 @@ pub struct RequestFilter {
 
 impl RequestFilter {
     pub fn new(active: Rc<Active>) -> RequestFilter {
-        RequestFilter {
-            active,
-            holds_in_flight_slot: false,
-        }
+        RequestFilter { active, holds_in_flight_slot: false }
     }
 
     fn release_in_flight_slot(&mut self) {
         if std::mem::take(&mut self.holds_in_flight_slot) {
             let a = &self.active;
-            if let Some(total) = a.guard.release(a.instance, now_ns(), &HostStore) {
-                a.metrics.set_in_flight(total);
+            match a.guard.release(a.instance, now_ns(), &HostStore) {
+                Some(total) => a.metrics.set_in_flight(total),
+                // Never dropped: the root's next tick applies it.
+                None => a.late_releases.set(a.late_releases.get() + 1),
             }
         }
     }
 }
 
 fn header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
 }
 
 /// The downstream address without its port: `1.2.3.4:5678` -> `1.2.3.4`, `[::1]:80` -> `::1`.
 fn client_ip() -> Vec<u8> {
-    let mut addr = hostcalls::get_property(vec!["source", "address"])
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let mut addr = hostcalls::get_property(vec!["source", "address"]).ok().flatten().unwrap_or_default();
     if let Some(colon) = addr.iter().rposition(|&b| b == b':') {
         let is_bracketed_v6 = addr.first() == Some(&b'[');
         let is_v4 = addr.iter().filter(|&&b| b == b':').count() == 1;
@@ -56,12 +51,47 @@ fn client_ip() -> Vec<u8> {
         }
     }
     if addr.first() == Some(&b'[') && addr.last() == Some(&b']') {
-        addr = addr
-            .get(1..addr.len() - 1)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
+        addr = addr.get(1..addr.len() - 1).map(<[u8]>::to_vec).unwrap_or_default();
     }
     addr
+}
+
+/// The request as the core reads it: each attribute is fetched from Envoy the first time a
+/// rule or limit needs it (a rule whose path test fails never fetches `:method`), then kept.
+struct HostRequest<'p> {
+    header_names: &'p [String],
+    method: OnceCell<Vec<u8>>,
+    path: OnceCell<Vec<u8>>,
+    headers: Vec<OnceCell<Option<Vec<u8>>>>,
+    client_ip: OnceCell<Vec<u8>>,
+}
+
+impl<'p> HostRequest<'p> {
+    fn new(header_names: &'p [String]) -> HostRequest<'p> {
+        HostRequest {
+            header_names,
+            method: OnceCell::new(),
+            path: OnceCell::new(),
+            headers: header_names.iter().map(|_| OnceCell::new()).collect(),
+            client_ip: OnceCell::new(),
+        }
+    }
+}
+
+impl RequestView for HostRequest<'_> {
+    fn method(&self) -> &[u8] {
+        self.method.get_or_init(|| header(":method").unwrap_or_default())
+    }
+    fn path(&self) -> &[u8] {
+        strip_query(self.path.get_or_init(|| header(":path").unwrap_or_default()))
+    }
+    fn header(&self, slot: usize) -> Option<&[u8]> {
+        let name = self.header_names.get(slot)?;
+        self.headers.get(slot)?.get_or_init(|| header(name)).as_deref()
+    }
+    fn client_ip(&self) -> &[u8] {
+        self.client_ip.get_or_init(client_ip)
+    }
 }
 
 impl Context for RequestFilter {}
@@ -70,39 +100,10 @@ impl HttpContext for RequestFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let active = Rc::clone(&self.active);
         let policy = &active.guard.policy;
-        let method = if policy.needs_method {
-            header(":method").unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let path = if policy.needs_path {
-            header(":path").unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let headers: Vec<Option<Vec<u8>>> = policy.header_names.iter().map(|n| header(n)).collect();
-        let client_ip = if policy.needs_client_ip {
-            client_ip()
-        } else {
-            Vec::new()
-        };
-        let req = Request {
-            method: &method,
-            path: &path,
-            headers: &headers,
-            client_ip: &client_ip,
-        };
-
-        let decision = active
-            .guard
-            .decide(&req, now_ns(), active.instance, &HostStore);
-        for i in counters_for(policy, &decision) {
-            active.metrics.bump(i);
-        }
-        if let Verdict::Admitted {
-            in_flight: Some(total),
-        } = decision.verdict
-        {
+        let req = HostRequest::new(&policy.header_names);
+        let decision = active.guard.decide(&req, now_ns(), active.instance, &HostStore);
+        for_each_counter(policy, &decision, |i| active.metrics.bump(i));
+        if let Verdict::Admitted { in_flight: Some(total) } = decision.verdict {
             self.holds_in_flight_slot = true;
             active.metrics.set_in_flight(total);
         }
@@ -112,11 +113,7 @@ impl HttpContext for RequestFilter {
         let Some(reply) = refusal(policy, &decision) else {
             return Action::Continue;
         };
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
+        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         match hostcalls::send_http_response(reply.status, headers, Some(reply.body)) {
             Ok(()) => Action::Pause,
             // The host could not reply: let the request through rather than hang it.

@@ -2,6 +2,7 @@
 //! call the core, count, reply.
 
 mod adapters;
+mod alloc;
 mod http;
 mod root;
 

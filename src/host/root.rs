@@ -4,7 +4,7 @@
 use super::adapters::{define, now_ns, HostStore, Metrics};
 use super::http::RequestFilter;
 use crate::decision::Guard;
-use crate::inflight::HEARTBEAT_PERIOD_MS;
+use crate::record::HEARTBEAT_PERIOD_MS;
 use crate::store::{read_u64, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -18,6 +18,8 @@ pub struct Active {
     pub guard: Guard,
     pub metrics: Metrics,
     pub instance: u32,
+    /// Releases that storage refused when their streams ended; applied on the next tick.
+    pub late_releases: Cell<u64>,
 }
 
 #[derive(Default)]
@@ -46,9 +48,7 @@ fn instance_id() -> u32 {
         let loaded = store.load(INSTANCE_COUNTER_KEY).ok().flatten();
         let version = loaded.as_ref().map(|(_, v)| *v);
         id = loaded.and_then(|(b, _)| read_u64(&b, 0)).unwrap_or(0) as u32 + 1;
-        if let Ok(true) =
-            store.compare_and_swap(INSTANCE_COUNTER_KEY, &u64::from(id).to_le_bytes(), version)
-        {
+        if let Ok(true) = store.compare_and_swap(INSTANCE_COUNTER_KEY, &u64::from(id).to_le_bytes(), version) {
             break;
         }
     }
@@ -60,22 +60,12 @@ fn instance_id() -> u32 {
 /// (the main thread, before any worker) and read by every other.
 fn shared_seed() -> u64 {
     let store = HostStore;
-    if let Some(seed) = store
-        .load(SEED_KEY)
-        .ok()
-        .flatten()
-        .and_then(|(b, _)| read_u64(&b, 0))
-    {
+    if let Some(seed) = store.load(SEED_KEY).ok().flatten().and_then(|(b, _)| read_u64(&b, 0)) {
         return seed;
     }
     let seed = now_ns() ^ 0x5eed_5eed_0000_0000 ^ (u64::from(instance_id()) << 17);
     let _ = store.compare_and_swap(SEED_KEY, &seed.to_le_bytes(), None);
-    store
-        .load(SEED_KEY)
-        .ok()
-        .flatten()
-        .and_then(|(b, _)| read_u64(&b, 0))
-        .unwrap_or(seed)
+    store.load(SEED_KEY).ok().flatten().and_then(|(b, _)| read_u64(&b, 0)).unwrap_or(seed)
 }
 
 fn plugin_name() -> String {
@@ -105,10 +95,8 @@ impl RootContext for SurgeguardRoot {
         if self.config_rejected.is_none() {
             self.config_rejected = define(MetricType::Counter, crate::metrics::CONFIG_REJECTED);
         }
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes =
+            hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
         let policy = match crate::config::parse(&bytes) {
             Ok(p) => p,
             Err(errors) => {
@@ -125,10 +113,7 @@ impl RootContext for SurgeguardRoot {
         let namespace = format!("surgeguard/{}", plugin_name());
         let guard = Guard::new(policy, &namespace, shared_seed());
         let names = crate::metrics::counter_names(&guard.policy);
-        let metrics = Metrics::new(
-            &names,
-            guard.policy.concurrency.as_ref().map(|c| c.max_in_flight),
-        );
+        let metrics = Metrics::new(&names, guard.policy.concurrency.as_ref().map(|c| c.max_in_flight));
         let instance = instance_id();
         // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive.
         let _ = hostcalls::set_tick_period(Duration::from_millis(HEARTBEAT_PERIOD_MS));
@@ -140,11 +125,9 @@ impl RootContext for SurgeguardRoot {
             guard.policy.limits.len(),
             guard.policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string())
         );
-        if let Some(previous) = self.active.replace(Rc::new(Active {
-            guard,
-            metrics,
-            instance,
-        })) {
+        if let Some(previous) =
+            self.active.replace(Rc::new(Active { guard, metrics, instance, late_releases: Cell::new(0) }))
+        {
             previous.metrics.flush();
         }
         true
@@ -152,7 +135,8 @@ impl RootContext for SurgeguardRoot {
 
     fn on_tick(&mut self) {
         if let Some(a) = &self.active {
-            if let Some(total) = a.guard.heartbeat(a.instance, now_ns(), &HostStore) {
+            if let Some(total) = a.guard.heartbeat(a.instance, now_ns(), a.late_releases.get(), &HostStore) {
+                a.late_releases.set(0);
                 a.metrics.set_in_flight(total);
             }
             a.metrics.flush();

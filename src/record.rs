@@ -1,0 +1,242 @@
+//! The shared record: every unkeyed token bucket and the in-flight table of one plugin, in one
+//! compare-and-swap value. One read and one write decide a request that has no keyed limit, and
+//! its tokens and in-flight slot are taken atomically (nothing to undo).
+//!
+//! Layout: a sequence of 24-byte entries `(tag, a, b)`, little-endian u64s, edited in place
+//! (no allocation beyond the value itself):
+//! - a bucket: `tag` = the limit's state id (top bit 0), `a` = its arrival time (see `bucket`).
+//!   A full bucket (`a <= now`) is the same as no entry, so full buckets are dropped at every
+//!   write: the record only holds buckets that carry information. A limit whose rate or burst
+//!   changed gets a new id (a fresh full bucket); an unchanged one keeps its entry over reloads.
+//! - an in-flight entry per VM instance (each Envoy worker runs its own VM): `tag` = top bit 1
+//!   and the instance id, `a` = requests it holds in flight, `b` = its heartbeat.
+//!
+//! Why per instance: a VM that dies (a crash, a reload) never reports its streams' ends. Every
+//! write by an instance, and a periodic tick, refreshes its heartbeat; an entry whose heartbeat
+//! is older than [`LEASE_NS`] belongs to a dead VM and is dropped, so a restart can inflate the
+//! count for at most the lease, never forever.
+
+use crate::bucket::is_full;
+use crate::config::NS_PER_S;
+use crate::store::read_u64;
+
+/// An entry not refreshed for this long belongs to a VM that is gone.
+pub const LEASE_NS: u64 = 10 * NS_PER_S;
+/// How often each VM refreshes its heartbeat (and flushes its counters) even when idle.
+pub const HEARTBEAT_PERIOD_MS: u64 = 1_000;
+
+const ENTRY_BYTES: usize = 24;
+const IN_FLIGHT_TAG: u64 = 1 << 63;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    bytes: Vec<u8>,
+}
+
+/// The id a bucket is stored under: a stable hash of the limit's `state_id` with the top bit clear.
+pub fn bucket_id(state_id: &str) -> u64 {
+    crate::keyhash::hash(0, 0, state_id.as_bytes()) & !IN_FLIGHT_TAG
+}
+
+impl Record {
+    /// Takes a stored value; a torn tail (not a whole entry) is dropped.
+    pub fn from_bytes(mut bytes: Vec<u8>) -> Record {
+        bytes.truncate(bytes.len() / ENTRY_BYTES * ENTRY_BYTES);
+        Record { bytes }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (usize, u64, u64, u64)> + '_ {
+        (0..self.bytes.len() / ENTRY_BYTES).map(move |i| {
+            let at = i * ENTRY_BYTES;
+            let word = |k: usize| read_u64(&self.bytes, at + 8 * k).unwrap_or(0);
+            (at, word(0), word(1), word(2))
+        })
+    }
+
+    fn find(&self, tag: u64) -> Option<(usize, u64, u64)> {
+        self.entries().find(|e| e.1 == tag).map(|(at, _, a, b)| (at, a, b))
+    }
+
+    fn write(&mut self, at: usize, tag: u64, a: u64, b: u64) {
+        for (k, v) in [tag, a, b].into_iter().enumerate() {
+            if let Some(slot) = self.bytes.get_mut(at + 8 * k..at + 8 * k + 8) {
+                slot.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+
+    fn put(&mut self, tag: u64, a: u64, b: u64) {
+        let at = match self.find(tag) {
+            Some((at, _, _)) => at,
+            None => {
+                self.bytes.resize(self.bytes.len() + ENTRY_BYTES, 0);
+                self.bytes.len() - ENTRY_BYTES
+            }
+        };
+        self.write(at, tag, a, b);
+    }
+
+    /// Drops what carries no information at `now_ns`: full buckets and dead instances (except
+    /// `keep_instance`, which is being written).
+    pub fn prune(&mut self, now_ns: u64, keep_instance: Option<u32>) {
+        let mut kept = 0;
+        for i in 0..self.bytes.len() / ENTRY_BYTES {
+            let at = i * ENTRY_BYTES;
+            let tag = read_u64(&self.bytes, at).unwrap_or(0);
+            let a = read_u64(&self.bytes, at + 8).unwrap_or(0);
+            let b = read_u64(&self.bytes, at + 16).unwrap_or(0);
+            let keep = if tag & IN_FLIGHT_TAG == 0 {
+                !is_full(a, now_ns)
+            } else {
+                Some(tag) == keep_instance.map(in_flight_tag) || is_live(b, now_ns)
+            };
+            if keep {
+                self.bytes.copy_within(at..at + ENTRY_BYTES, kept);
+                kept += ENTRY_BYTES;
+            }
+        }
+        self.bytes.truncate(kept);
+    }
+
+    /// A bucket's arrival time; 0 (full) if it has no entry.
+    pub fn bucket(&self, id: u64) -> u64 {
+        self.find(id).map_or(0, |(_, tat, _)| tat)
+    }
+
+    pub fn set_bucket(&mut self, id: u64, tat_ns: u64) {
+        self.put(id, tat_ns, 0);
+    }
+
+    /// Requests in flight at `now_ns`, counting live instances only.
+    pub fn in_flight(&self, now_ns: u64) -> u64 {
+        self.entries().filter(|e| e.1 & IN_FLIGHT_TAG != 0 && is_live(e.3, now_ns)).map(|e| e.2).sum()
+    }
+
+    /// This instance's live count (a dead entry's count cannot be trusted: its releases may
+    /// have been dropped with it).
+    fn own_count(&self, instance: u32, now_ns: u64) -> (u64, u64) {
+        match self.find(in_flight_tag(instance)) {
+            Some((_, count, heartbeat)) if is_live(heartbeat, now_ns) => (count, heartbeat),
+            Some((_, _, heartbeat)) => (0, heartbeat),
+            None => (0, 0),
+        }
+    }
+
+    fn set_own(&mut self, instance: u32, count: u64, heartbeat_ns: u64, now_ns: u64) {
+        self.put(in_flight_tag(instance), count, heartbeat_ns.max(now_ns));
+    }
+
+    /// Takes a slot if `in_flight + 1 <= class_max`; returns whether it did.
+    pub fn acquire(&mut self, instance: u32, now_ns: u64, class_max: u32) -> bool {
+        if self.in_flight(now_ns) + 1 > u64::from(class_max) {
+            return false;
+        }
+        let (count, heartbeat) = self.own_count(instance, now_ns);
+        self.set_own(instance, count + 1, heartbeat, now_ns);
+        true
+    }
+
+    /// Returns a slot this instance took; never below zero.
+    pub fn release(&mut self, instance: u32, now_ns: u64) {
+        let (count, heartbeat) = self.own_count(instance, now_ns);
+        self.set_own(instance, count.saturating_sub(1), heartbeat, now_ns);
+    }
+
+    /// Refreshes this instance's heartbeat (periodic, so an idle worker keeps its entry).
+    pub fn heartbeat(&mut self, instance: u32, now_ns: u64) {
+        let (count, heartbeat) = self.own_count(instance, now_ns);
+        self.set_own(instance, count, heartbeat, now_ns);
+    }
+}
+
+fn in_flight_tag(instance: u32) -> u64 {
+    IN_FLIGHT_TAG | u64::from(instance)
+}
+
+fn is_live(heartbeat_ns: u64, now_ns: u64) -> bool {
+    now_ns.saturating_sub(heartbeat_ns) <= LEASE_NS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const T0: u64 = 1_000 * NS_PER_S;
+
+    #[test]
+    fn admits_up_to_the_class_maximum_across_instances() {
+        let mut r = Record::default();
+        assert!(r.acquire(1, T0, 3));
+        assert!(r.acquire(2, T0, 3));
+        assert!(r.acquire(1, T0, 3));
+        assert!(!r.acquire(2, T0, 3));
+        assert_eq!(r.in_flight(T0), 3);
+    }
+
+    #[test]
+    fn release_returns_the_count_to_zero_and_never_below() {
+        let mut r = Record::default();
+        for _ in 0..5 {
+            r.acquire(7, T0, 10);
+        }
+        for _ in 0..6 {
+            r.release(7, T0);
+        }
+        assert_eq!(r.in_flight(T0), 0);
+    }
+
+    #[test]
+    fn a_dead_instance_stops_counting_after_the_lease_and_is_pruned() {
+        let mut r = Record::default();
+        for _ in 0..4 {
+            r.acquire(1, T0, 4);
+        }
+        assert!(!r.acquire(2, T0 + LEASE_NS, 4));
+        assert!(r.acquire(2, T0 + LEASE_NS + 1, 4));
+        r.prune(T0 + LEASE_NS + 1, Some(2));
+        assert_eq!(r.as_bytes().len(), ENTRY_BYTES, "only instance 2 is left");
+    }
+
+    #[test]
+    fn heartbeats_keep_an_idle_instance_alive() {
+        let mut r = Record::default();
+        r.acquire(1, T0, 4);
+        r.heartbeat(1, T0 + LEASE_NS);
+        assert_eq!(r.in_flight(T0 + 2 * LEASE_NS - 1), 1);
+    }
+
+    #[test]
+    fn full_buckets_are_pruned_and_read_back_as_full() {
+        let mut r = Record::default();
+        r.set_bucket(11, T0 + 5);
+        r.set_bucket(12, T0 - 5);
+        r.acquire(3, T0, 9);
+        r.prune(T0, None);
+        assert_eq!(r.bucket(11), T0 + 5);
+        assert_eq!(r.bucket(12), 0);
+        assert_eq!(r.as_bytes().len(), 2 * ENTRY_BYTES);
+    }
+
+    #[test]
+    fn bytes_round_trip_and_a_torn_tail_is_ignored() {
+        let mut r = Record::default();
+        r.set_bucket(bucket_id("a@1x1"), T0 + 1);
+        r.acquire(4, T0, 9);
+        let mut bytes = r.as_bytes().to_vec();
+        bytes.push(0xff);
+        assert_eq!(Record::from_bytes(bytes), r);
+    }
+
+    #[test]
+    fn bucket_ids_never_look_like_in_flight_entries() {
+        for id in ["a", "storefront@2000000x1000", ""] {
+            assert_eq!(bucket_id(id) & IN_FLIGHT_TAG, 0);
+        }
+    }
+}

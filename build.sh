@@ -124,15 +124,13 @@ case "$cmd" in
   envoy) ensure_envoy; echo "$ENVOY_BIN" ;;
   demo)
     build; ensure_envoy
-    [ -f demo/Cargo.toml ] || die "demo: coming with issue 4 (the postmortem replay); not built yet"
     cargo run -q --release -p surgeguard-demo --bin demo -- "$@" ;;
   bench)
     build; ensure_envoy
-    [ -f bench/Cargo.toml ] || die "bench: coming with issue 5 (cost per request vs native and empty wasm); not built yet"
+    "$ROOT"/bench/ensure-tools.sh
     cargo run -q --release -p surgeguard-bench --bin bench -- "$@" ;;
   oci)
     build
-    [ -x scripts/oci.sh ] || die "oci: coming with issue 6 (Istio packaging); not built yet"
     scripts/oci.sh "$@" ;;
   -h|--help|help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$cmd' (try ./build.sh help)" ;;

@@ -18,10 +18,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -35,11 +32,7 @@ pub struct Req {
 
 impl Req {
     pub fn get(path: &str) -> Req {
-        Req {
-            method: "GET".into(),
-            path: path.into(),
-            headers: Vec::new(),
-        }
+        Req { method: "GET".into(), path: path.into(), headers: Vec::new() }
     }
     pub fn method(mut self, m: &str) -> Req {
         self.method = m.into();
@@ -57,15 +50,12 @@ fn client(local_address: Option<IpAddr>) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_local_address(local_address);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(4096)
-        .build(connector)
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(connector)
 }
 
 async fn send(c: &HttpClient, port: u16, req: &Req, timeout: Duration) -> Result<Response, String> {
-    let mut b = hyper::Request::builder()
-        .method(req.method.as_str())
-        .uri(format!("http://127.0.0.1:{port}{}", req.path));
+    let mut b =
+        hyper::Request::builder().method(req.method.as_str()).uri(format!("http://127.0.0.1:{port}{}", req.path));
     for (k, v) in &req.headers {
         b = b.header(k.as_str(), v.as_str());
     }
@@ -76,37 +66,16 @@ async fn send(c: &HttpClient, port: u16, req: &Req, timeout: Duration) -> Result
         let headers = resp
             .headers()
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).to_string(),
-                )
-            })
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).to_string()))
             .collect();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes()
-            .to_vec();
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+        Ok(Response { status, headers, body })
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| "timeout".to_string())?
+    tokio::time::timeout(timeout, fut).await.map_err(|_| "timeout".to_string())?
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => unreachable!("cannot start a tokio runtime: {e}"),
     }
@@ -123,11 +92,7 @@ pub fn requests(port: u16, reqs: &[Req]) -> Vec<Result<Response, String>> {
 }
 
 /// Like [`requests`], from a chosen local address (e.g. 127.0.0.2, to be another client IP).
-pub fn requests_from(
-    port: u16,
-    local_address: Option<IpAddr>,
-    reqs: &[Req],
-) -> Vec<Result<Response, String>> {
+pub fn requests_from(port: u16, local_address: Option<IpAddr>, reqs: &[Req]) -> Vec<Result<Response, String>> {
     runtime().block_on(async {
         let c = client(local_address);
         let mut out = Vec::with_capacity(reqs.len());
@@ -188,9 +153,7 @@ pub fn open_loop(load: Load) -> Vec<Outcome> {
                     sent_at: t0.saturating_duration_since(start),
                     status: r.as_ref().ok().map(|r| r.status),
                     latency: t0.elapsed(),
-                    surgeguard: r
-                        .ok()
-                        .and_then(|r| r.header("x-surgeguard").map(str::to_string)),
+                    surgeguard: r.ok().and_then(|r| r.header("x-surgeguard").map(str::to_string)),
                 }
             }));
         }
@@ -226,9 +189,7 @@ pub fn closed_loop(
                     if n >= total {
                         return counts;
                     }
-                    let status = send(&c, port, &make(n), Duration::from_secs(10))
-                        .await
-                        .map_or(0, |r| r.status);
+                    let status = send(&c, port, &make(n), Duration::from_secs(10)).await.map_or(0, |r| r.status);
                     *counts.entry(status).or_insert(0u64) += 1;
                 }
             }));

@@ -155,12 +155,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options {
-            concurrency: 2,
-            cpu_list: None,
-            log_level: "info".into(),
-            extra_args: Vec::new(),
-        }
+        Options { concurrency: 2, cpu_list: None, log_level: "info".into(), extra_args: Vec::new() }
     }
 }
 
@@ -189,8 +184,7 @@ impl Envoy {
         fs::write(&config, yaml).map_err(|e| fail(format!("write config: {e}"), String::new()))?;
         let admin_path = dir.path().join("admin");
         let log_path = dir.path().join("envoy.log");
-        let log =
-            fs::File::create(&log_path).map_err(|e| fail(format!("log: {e}"), String::new()))?;
+        let log = fs::File::create(&log_path).map_err(|e| fail(format!("log: {e}"), String::new()))?;
         let mut cmd = match &opts.cpu_list {
             Some(cpus) => {
                 let mut c = Command::new("taskset");
@@ -210,45 +204,22 @@ impl Envoy {
             .args(&opts.extra_args)
             .current_dir(crate::repo_root())
             .stdin(Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .map_err(|e| fail(format!("log: {e}"), String::new()))?,
-            )
+            .stdout(log.try_clone().map_err(|e| fail(format!("log: {e}"), String::new()))?)
             .stderr(log);
         let t0 = Instant::now();
-        let child = cmd
-            .spawn()
-            .map_err(|e| fail(format!("cannot run {}: {e}", bin.display()), String::new()))?;
-        let mut envoy = Envoy {
-            child,
-            admin_port: 0,
-            dir,
-            started_in: Duration::ZERO,
-        };
+        let child = cmd.spawn().map_err(|e| fail(format!("cannot run {}: {e}", bin.display()), String::new()))?;
+        let mut envoy = Envoy { child, admin_port: 0, dir, started_in: Duration::ZERO };
         let deadline = t0 + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = envoy.child.try_wait() {
-                return Err(fail(
-                    format!("envoy exited during start-up: {status}"),
-                    envoy.log(),
-                ));
+                return Err(fail(format!("envoy exited during start-up: {status}"), envoy.log()));
             }
             if envoy.admin_port == 0 {
                 if let Ok(addr) = fs::read_to_string(&admin_path) {
-                    envoy.admin_port = addr
-                        .trim()
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse().ok())
-                        .unwrap_or(0);
+                    envoy.admin_port = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
                 }
             }
-            if envoy.admin_port != 0
-                && envoy
-                    .admin_get("/ready")
-                    .map(|(s, _)| s == 200)
-                    .unwrap_or(false)
-            {
+            if envoy.admin_port != 0 && envoy.admin_get("/ready").map(|(s, _)| s == 200).unwrap_or(false) {
                 envoy.started_in = t0.elapsed();
                 return Ok(envoy);
             }
@@ -273,14 +244,9 @@ impl Envoy {
 
     /// The port the first listener bound.
     pub fn listener_port(&self) -> u16 {
-        let body = self
-            .admin_get("/listeners?format=json")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
+        let body = self.admin_get("/listeners?format=json").map(|(_, b)| b).unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-            .as_u64()
-            .unwrap_or(0) as u16
+        v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64().unwrap_or(0) as u16
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -310,17 +276,12 @@ impl Envoy {
     /// One surgeguard metric by its contract name (`surgeguard.class.x.admitted`); 0 if absent.
     pub fn metric(&self, name: &str) -> u64 {
         let stats = self.stats();
-        stats
-            .get(&format!("wasmcustom.{name}"))
-            .or_else(|| stats.get(name))
-            .copied()
-            .unwrap_or(0)
+        stats.get(&format!("wasmcustom.{name}")).or_else(|| stats.get(name)).copied().unwrap_or(0)
     }
 
     /// Resident memory of the Envoy process, from /proc.
     pub fn rss_bytes(&self) -> u64 {
-        let status =
-            fs::read_to_string(format!("/proc/{}/status", self.real_pid())).unwrap_or_default();
+        let status = fs::read_to_string(format!("/proc/{}/status", self.real_pid())).unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -330,13 +291,12 @@ impl Envoy {
 
     /// CPU time (user + system) the Envoy process used so far, in microseconds.
     pub fn cpu_us(&self) -> u64 {
-        let stat =
-            fs::read_to_string(format!("/proc/{}/stat", self.real_pid())).unwrap_or_default();
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.real_pid())).unwrap_or_default();
         // Fields after the command name (which may hold spaces) start after ')'.
         let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
         let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
-            + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
+        let ticks: u64 =
+            f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0) + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
         ticks * 1_000_000 / clock_ticks_per_second()
     }
 
@@ -366,19 +326,12 @@ fn admin_request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::Write;
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, dechunk(&body)))
 }
 
@@ -388,18 +341,10 @@ fn dechunk(body: &str) -> String {
     let mut rest = body;
     loop {
         let Some((size_line, after)) = rest.split_once("\r\n") else {
-            return if out.is_empty() {
-                body.to_string()
-            } else {
-                out
-            };
+            return if out.is_empty() { body.to_string() } else { out };
         };
         let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
-            return if out.is_empty() {
-                body.to_string()
-            } else {
-                out
-            };
+            return if out.is_empty() { body.to_string() } else { out };
         };
         if size == 0 || after.len() < size {
             return out;
@@ -420,17 +365,11 @@ pub fn load_shipped(path: &Path, upstream_port: u16) -> Result<String, String> {
         ("port_value: 8080", format!("port_value: {upstream_port}")),
         (
             "filename: dist/surgeguard.wasm",
-            format!(
-                "filename: {}",
-                json_string(&crate::wasm_path().display().to_string())
-            ),
+            format!("filename: {}", json_string(&crate::wasm_path().display().to_string())),
         ),
     ] {
         if !out.contains(from) {
-            return Err(format!(
-                "{}: expected `{from}` in a shipped config",
-                path.display()
-            ));
+            return Err(format!("{}: expected `{from}` in a shipped config", path.display()));
         }
         out = out.replace(from, &to);
     }

@@ -15,15 +15,10 @@ use std::path::PathBuf;
 
 /// The repository root (this crate lives in `harness/`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
 }
 
 /// The filter under test: `SURGEGUARD_WASM`, else `dist/surgeguard.wasm` (built by `./build.sh`).
 pub fn wasm_path() -> PathBuf {
-    std::env::var_os("SURGEGUARD_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("dist/surgeguard.wasm"))
+    std::env::var_os("SURGEGUARD_WASM").map(PathBuf::from).unwrap_or_else(|| repo_root().join("dist/surgeguard.wasm"))
 }

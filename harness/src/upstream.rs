@@ -42,10 +42,7 @@ pub struct Upstream {
 impl Upstream {
     /// Serves `200 ok` after `delay` to every request.
     pub fn start(delay: Duration) -> std::io::Result<Upstream> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let stats = Arc::new(UpstreamStats::default());
         let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))?;
         let port = listener.local_addr()?.port();
@@ -63,39 +60,24 @@ impl Upstream {
                             s.requests.fetch_add(1, Ordering::SeqCst);
                             let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                             s.peak_in_flight.fetch_max(now, Ordering::SeqCst);
-                            let headers = req
-                                .headers()
-                                .iter()
-                                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                                .collect();
+                            let headers =
+                                req.headers().iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
                             if let Ok(mut last) = s.last_request.lock() {
-                                *last = Some((
-                                    req.method().to_string(),
-                                    req.uri().to_string(),
-                                    headers,
-                                ));
+                                *last = Some((req.method().to_string(), req.uri().to_string(), headers));
                             }
                             // Counted out even if the client goes away while we wait.
                             let _guard = Decrement(Arc::clone(&s));
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from_static(b"ok\n"),
-                            )))
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         });
-        Ok(Upstream {
-            port,
-            stats,
-            runtime: Some(runtime),
-        })
+        Ok(Upstream { port, stats, runtime: Some(runtime) })
     }
 }
 

@@ -22,24 +22,14 @@ impl Stack {
     pub fn start_with(plugin_json: Option<&str>, upstream_delay: Duration, workers: u32) -> Stack {
         let upstream = Upstream::start(upstream_delay).expect("upstream starts");
         let yaml = Bootstrap::new(upstream.port, plugin_json).yaml();
-        let opts = Options {
-            concurrency: workers,
-            ..Options::default()
-        };
+        let opts = Options { concurrency: workers, ..Options::default() };
         let envoy = match Envoy::start(&yaml, &opts) {
             Ok(e) => e,
-            Err(e) => panic!(
-                "envoy did not start: {}\n--- envoy log ---\n{}",
-                e.message, e.log
-            ),
+            Err(e) => panic!("envoy did not start: {}\n--- envoy log ---\n{}", e.message, e.log),
         };
         let port = envoy.listener_port();
         assert_ne!(port, 0, "listener port from the admin interface");
-        Stack {
-            envoy,
-            upstream,
-            port,
-        }
+        Stack { envoy, upstream, port }
     }
 
     pub fn metric(&self, name: &str) -> u64 {

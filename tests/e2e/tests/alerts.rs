@@ -12,16 +12,11 @@ use surgeguard_harness::upstream::Upstream;
 use surgeguard_harness::{repo_root, wasm_path};
 
 fn promtool(args: &[&str]) -> String {
-    let out = Command::new("promtool")
-        .args(args)
-        .current_dir(repo_root().join("ops/prometheus"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run promtool ({e}): ./build.sh test installs it (Debian package prometheus)"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        Command::new("promtool").args(args).current_dir(repo_root().join("ops/prometheus")).output().unwrap_or_else(
+            |e| panic!("cannot run promtool ({e}): ./build.sh test installs it (Debian package prometheus)"),
+        );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
     text
 }
@@ -49,9 +44,7 @@ fn metric_names(promql: &str) -> BTreeSet<String> {
         if (i == 0 || !word(bytes[i - 1]))
             && (promql[i..].starts_with("surgeguard_") || promql[i..].starts_with("envoy_"))
         {
-            let end = (i..bytes.len())
-                .find(|&j| !word(bytes[j]))
-                .unwrap_or(bytes.len());
+            let end = (i..bytes.len()).find(|&j| !word(bytes[j])).unwrap_or(bytes.len());
             let name = &promql[i..end];
             if !name.contains(':') {
                 out.insert(name.to_string());
@@ -65,8 +58,7 @@ fn metric_names(promql: &str) -> BTreeSet<String> {
 }
 
 fn rule_exprs() -> Vec<String> {
-    let text = std::fs::read_to_string(repo_root().join("ops/prometheus/surgeguard.rules.yml"))
-        .expect("rules");
+    let text = std::fs::read_to_string(repo_root().join("ops/prometheus/surgeguard.rules.yml")).expect("rules");
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
     let mut out = Vec::new();
     for group in doc["groups"].as_sequence().expect("groups") {
@@ -78,8 +70,7 @@ fn rule_exprs() -> Vec<String> {
 }
 
 fn dashboard_exprs() -> Vec<String> {
-    let text = std::fs::read_to_string(repo_root().join("ops/grafana/surgeguard.json"))
-        .expect("dashboard");
+    let text = std::fs::read_to_string(repo_root().join("ops/grafana/surgeguard.json")).expect("dashboard");
     let dash: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     assert_eq!(dash["uid"], "surgeguard");
     let mut out = Vec::new();
@@ -98,26 +89,16 @@ fn real_prometheus_output() -> String {
     let live = dir.path().join("live");
     std::fs::create_dir(&live).expect("live dir");
     let root = repo_root();
-    let shipped =
-        std::fs::read_to_string(root.join("envoy/ecds/live/surgeguard.yaml")).expect("resource");
-    let wasm = format!(
-        "filename: {}",
-        json_string(&wasm_path().display().to_string())
-    );
-    std::fs::write(
-        live.join("surgeguard.yaml"),
-        shipped.replace("filename: dist/surgeguard.wasm", &wasm),
-    )
-    .expect("resource");
+    let shipped = std::fs::read_to_string(root.join("envoy/ecds/live/surgeguard.yaml")).expect("resource");
+    let wasm = format!("filename: {}", json_string(&wasm_path().display().to_string()));
+    std::fs::write(live.join("surgeguard.yaml"), shipped.replace("filename: dist/surgeguard.wasm", &wasm))
+        .expect("resource");
     let upstream = Upstream::start(Duration::ZERO).expect("upstream");
     let bootstrap = std::fs::read_to_string(root.join("envoy/ecds/envoy.yaml"))
         .expect("bootstrap")
         .replace("port_value: 10000", "port_value: 0")
         .replace("port_value: 9901", "port_value: 0")
-        .replace(
-            "port_value: 8080",
-            &format!("port_value: {}", upstream.port),
-        )
+        .replace("port_value: 8080", &format!("port_value: {}", upstream.port))
         .replace("envoy/ecds/live", &live.display().to_string());
     let envoy = Envoy::start(&bootstrap, &Options::default())
         .unwrap_or_else(|e| panic!("envoy did not start: {}\n{}", e.message, e.log));
@@ -126,13 +107,8 @@ fn real_prometheus_output() -> String {
     // Counters reach the admin output at Envoy's next stats flush.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let body = envoy
-            .admin_get("/stats/prometheus")
-            .map(|(_, body)| body)
-            .expect("/stats/prometheus");
-        if body.contains(r#"surgeguard_class_admitted{class="critical"} 1"#)
-            || std::time::Instant::now() > deadline
-        {
+        let body = envoy.admin_get("/stats/prometheus").map(|(_, body)| body).expect("/stats/prometheus");
+        if body.contains(r#"surgeguard_class_admitted{class="critical"} 1"#) || std::time::Instant::now() > deadline {
             return body;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -156,27 +132,15 @@ fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_real_envoy() {
         "surgeguard_max_in_flight{} ",
         "surgeguard_config_rejected{} 0",
     ] {
-        assert!(
-            exported.contains(series),
-            "expected `{series}` in /stats/prometheus:\n{exported}"
-        );
+        assert!(exported.contains(series), "expected `{series}` in /stats/prometheus:\n{exported}");
     }
-    assert!(
-        !names.contains("surgeguard_class_critical_admitted"),
-        "class is a label, not a name"
-    );
+    assert!(!names.contains("surgeguard_class_critical_admitted"), "class is a label, not a name");
 
     let mut read = BTreeSet::new();
     for expr in rule_exprs().iter().chain(dashboard_exprs().iter()) {
         read.extend(metric_names(expr));
     }
     assert!(read.len() >= 12, "metrics read: {read:?}");
-    let missing: Vec<&String> = read
-        .iter()
-        .filter(|n| !names.contains(n.as_str()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "read but not exported: {missing:?}\nexported: {names:?}"
-    );
+    let missing: Vec<&String> = read.iter().filter(|n| !names.contains(n.as_str())).collect();
+    assert!(missing.is_empty(), "read but not exported: {missing:?}\nexported: {names:?}");
 }

@@ -24,10 +24,8 @@ fn files_under(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
 fn embedded_configs(v: &serde_yaml::Value, out: &mut Vec<String>) {
     match v {
         serde_yaml::Value::Mapping(m) => {
-            let is_wasm = m
-                .get("@type")
-                .and_then(|t| t.as_str())
-                .is_some_and(|t| t.ends_with("filters.http.wasm.v3.Wasm"));
+            let is_wasm =
+                m.get("@type").and_then(|t| t.as_str()).is_some_and(|t| t.ends_with("filters.http.wasm.v3.Wasm"));
             if is_wasm {
                 if let Some(cfg) = m.get("config").and_then(|c| c.get("configuration")) {
                     match cfg.get("value") {
@@ -63,10 +61,7 @@ fn every_json_example_is_a_valid_plugin_configuration() {
     let mut files = Vec::new();
     files_under(&repo_root().join("envoy"), "json", &mut files);
     for f in &files {
-        assert_valid(
-            &f.display().to_string(),
-            &std::fs::read_to_string(f).unwrap(),
-        );
+        assert_valid(&f.display().to_string(), &std::fs::read_to_string(f).unwrap());
     }
 }
 
@@ -76,25 +71,17 @@ fn every_yaml_example_embeds_valid_plugin_configurations() {
     files_under(&repo_root().join("envoy"), "yaml", &mut files);
     assert!(!files.is_empty());
     // Templates hold a placeholder where a tool puts the JSON; their rendered output is checked.
-    for f in files
-        .iter()
-        .filter(|f| !f.to_string_lossy().contains(".template."))
-    {
+    for f in files.iter().filter(|f| !f.to_string_lossy().contains(".template.")) {
         let text = std::fs::read_to_string(f).unwrap();
         let mut configs = Vec::new();
         for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v = serde_yaml::Value::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{}: not YAML: {e}", f.display()));
+            let v = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: not YAML: {e}", f.display()));
             embedded_configs(&v, &mut configs);
         }
         let mentions_filter = text.contains("surgeguard.wasm") || text.contains("kind: WasmPlugin");
         let inline = text.contains("configuration:") || text.contains("pluginConfig:");
         if mentions_filter && inline {
-            assert!(
-                !configs.is_empty(),
-                "{}: no plugin configuration found",
-                f.display()
-            );
+            assert!(!configs.is_empty(), "{}: no plugin configuration found", f.display());
         }
         for c in &configs {
             assert_valid(&f.display().to_string(), c);
@@ -107,11 +94,7 @@ use serde::Deserialize as _;
 #[test]
 fn the_readme_configuration_example_is_valid() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let blocks: Vec<&str> = readme
-        .split("```json")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .collect();
+    let blocks: Vec<&str> = readme.split("```json").skip(1).filter_map(|b| b.split("```").next()).collect();
     assert!(!blocks.is_empty(), "README has a JSON example");
     for b in blocks {
         assert_valid("README.md", b);
@@ -122,27 +105,12 @@ fn the_readme_configuration_example_is_valid() {
 fn the_minimal_envoy_config_runs_as_shipped_and_limits() {
     let upstream = Upstream::start(std::time::Duration::ZERO).unwrap();
     let yaml = load_shipped(&repo_root().join("envoy/minimal.yaml"), upstream.port).unwrap();
-    let envoy = Envoy::start(&yaml, &Options::default())
-        .unwrap_or_else(|e| panic!("{}\n{}", e.message, e.log));
+    let envoy = Envoy::start(&yaml, &Options::default()).unwrap_or_else(|e| panic!("{}\n{}", e.message, e.log));
     let port = envoy.listener_port();
     // Standard may take 160 of the 200 tokens at once (reserve 0.2); checkout the rest.
     let replies = client::requests(port, &vec![Req::get("/products/1"); 200]);
-    let ok = replies
-        .iter()
-        .filter(|r| r.as_ref().is_ok_and(|r| r.status == 200))
-        .count();
-    let limited = replies
-        .iter()
-        .filter(|r| r.as_ref().is_ok_and(|r| r.status == 429))
-        .count();
-    assert!(
-        limited > 0 && ok >= 160 && ok < 200,
-        "ok {ok} limited {limited}"
-    );
-    assert_eq!(
-        client::request(port, &Req::get("/checkout"))
-            .unwrap()
-            .status,
-        200
-    );
+    let ok = replies.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status == 200)).count();
+    let limited = replies.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status == 429)).count();
+    assert!(limited > 0 && ok >= 160 && ok < 200, "ok {ok} limited {limited}");
+    assert_eq!(client::request(port, &Req::get("/checkout")).unwrap().status, 200);
 }

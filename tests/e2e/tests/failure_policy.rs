@@ -115,11 +115,7 @@ fn crasher_module(crash_on: i32) -> Vec<u8> {
     section(2, vector(vec![import]), &mut m);
     // Functions 1..=6 (0 is the import): abi marker, allocate, context_create, vm_start,
     // configure, request_headers.
-    section(
-        3,
-        vector(vec![vec![1], vec![2], vec![3], vec![4], vec![4], vec![5]]),
-        &mut m,
-    );
+    section(3, vector(vec![vec![1], vec![2], vec![3], vec![4], vec![4], vec![5]]), &mut m);
     section(5, vector(vec![vec![0x00, 0x01]]), &mut m); // one memory, 1 page
     let mut global = vec![0x7f, 0x01]; // mutable i32: requests seen by this VM
     global.extend(i32_const(0));
@@ -198,24 +194,12 @@ fn start(policy: &str) -> Run {
     bootstrap.failure_policy = policy.to_string();
     // With FAIL_RELOAD the harness adds the shipped configs' backoff (one reload per 100 ms).
     let yaml = bootstrap.yaml();
-    assert_eq!(
-        yaml.contains("base_interval: 0.1s"),
-        policy == "FAIL_RELOAD"
-    );
-    let opts = Options {
-        concurrency: 1,
-        ..Options::default()
-    };
-    let envoy = Envoy::start(&yaml, &opts)
-        .unwrap_or_else(|e| panic!("envoy did not start: {}\n{}", e.message, e.log));
+    assert_eq!(yaml.contains("base_interval: 0.1s"), policy == "FAIL_RELOAD");
+    let opts = Options { concurrency: 1, ..Options::default() };
+    let envoy = Envoy::start(&yaml, &opts).unwrap_or_else(|e| panic!("envoy did not start: {}\n{}", e.message, e.log));
     let port = envoy.listener_port();
     assert_ne!(port, 0);
-    Run {
-        envoy,
-        upstream,
-        port,
-        _dir: dir,
-    }
+    Run { envoy, upstream, port, _dir: dir }
 }
 
 fn status(run: &Run) -> u16 {
@@ -232,9 +216,7 @@ fn crash(run: &Run) {
     assert_eq!(status(run), 503, "the request in hand when the VM dies");
     let log = run.envoy.log();
     assert!(
-        log.contains(
-            "Function: proxy_on_request_headers failed: Uncaught RuntimeError: unreachable"
-        ),
+        log.contains("Function: proxy_on_request_headers failed: Uncaught RuntimeError: unreachable"),
         "Envoy logs the VM's crash (a Rust panic in the module looks the same):\n{log}"
     );
 }
@@ -244,17 +226,9 @@ fn fail_closed_answers_503_to_every_request_after_a_crash() {
     let run = start("FAIL_CLOSED");
     crash(&run);
     for _ in 0..5 {
-        assert_eq!(
-            status(&run),
-            503,
-            "the VM stays dead: every request refused"
-        );
+        assert_eq!(status(&run), 503, "the VM stays dead: every request refused");
     }
-    assert_eq!(
-        run.upstream.stats.requests(),
-        0,
-        "nothing reached the upstream"
-    );
+    assert_eq!(run.upstream.stats.requests(), 0, "nothing reached the upstream");
 }
 
 #[test]
@@ -262,16 +236,9 @@ fn fail_open_lets_every_request_through_unprotected_after_a_crash() {
     let run = start("FAIL_OPEN");
     crash(&run);
     for _ in 0..5 {
-        assert_eq!(
-            status(&run),
-            200,
-            "the filter is skipped: the upstream answers"
-        );
+        assert_eq!(status(&run), 200, "the filter is skipped: the upstream answers");
     }
-    assert!(
-        run.upstream.stats.requests() >= 5,
-        "traffic reaches the upstream unchecked"
-    );
+    assert!(run.upstream.stats.requests() >= 5, "traffic reaches the upstream unchecked");
 }
 
 #[test]
@@ -283,21 +250,9 @@ fn fail_reload_puts_a_fresh_vm_back_in_the_path_after_a_crash() {
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(status(&run), 429, "round {round}: a fresh VM refuses again");
-        assert_ne!(
-            status(&run),
-            200,
-            "round {round}: the crashing request is not let through"
-        );
+        assert_ne!(status(&run), 200, "round {round}: the crashing request is not let through");
     }
-    assert_eq!(
-        run.upstream.stats.requests(),
-        0,
-        "the limiter never dropped out of the path"
-    );
-    let reloads = run
-        .envoy
-        .stats()
-        .get("wasm.surgeguard.vm_reload_success")
-        .copied();
+    assert_eq!(run.upstream.stats.requests(), 0, "the limiter never dropped out of the path");
+    let reloads = run.envoy.stats().get("wasm.surgeguard.vm_reload_success").copied();
     assert!(reloads >= Some(3), "Envoy counts each reload: {reloads:?}");
 }

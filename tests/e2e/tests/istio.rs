@@ -26,10 +26,7 @@ fn manifests() -> Vec<(PathBuf, Value)> {
     for path in files("yaml") {
         let text = std::fs::read_to_string(&path).expect("read");
         // Documents are separated by `---` lines (kubectl apply -f accepts such files).
-        for doc in text.split("\n---\n").filter(|d| {
-            d.lines()
-                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        }) {
+        for doc in text.split("\n---\n").filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#'))) {
             let yaml: serde_yaml::Value =
                 serde_yaml::from_str(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let json = serde_json::to_value(yaml).expect("YAML as JSON");
@@ -44,11 +41,7 @@ fn as_struct_numbers(v: &Value) -> Value {
     match v {
         Value::Number(n) => n.as_f64().map(Value::from).unwrap_or(Value::Null),
         Value::Array(a) => Value::Array(a.iter().map(as_struct_numbers).collect()),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, v)| (k.clone(), as_struct_numbers(v)))
-                .collect(),
-        ),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), as_struct_numbers(v))).collect()),
         other => other.clone(),
     }
 }
@@ -62,26 +55,17 @@ fn validate(what: &str, config: &Value) {
 }
 
 fn name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default()
+    p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
 }
 
 #[test]
 fn ships_a_wasmplugin_for_a_sidecar_and_for_an_ingress_gateway() {
     let all = manifests();
-    let selectors: Vec<&Value> = all
-        .iter()
-        .map(|(_, m)| &m["spec"]["selector"]["matchLabels"])
-        .collect();
+    let selectors: Vec<&Value> = all.iter().map(|(_, m)| &m["spec"]["selector"]["matchLabels"]).collect();
+    assert!(selectors.iter().any(|s| s["istio"] == "ingressgateway"), "one selects the ingress gateway: {selectors:?}");
     assert!(
-        selectors.iter().any(|s| s["istio"] == "ingressgateway"),
-        "one selects the ingress gateway: {selectors:?}"
-    );
-    assert!(
-        all.iter()
-            .any(|(_, m)| m["spec"]["match"][0]["mode"] == "SERVER"
-                && m["spec"]["selector"]["matchLabels"]["istio"].is_null()),
+        all.iter().any(|(_, m)| m["spec"]["match"][0]["mode"] == "SERVER"
+            && m["spec"]["selector"]["matchLabels"]["istio"].is_null()),
         "one selects an application's sidecar, inbound traffic"
     );
 }
@@ -94,24 +78,14 @@ fn every_manifest_is_a_wasmplugin_istio_accepts() {
         let f = name(path);
         assert_eq!(m["apiVersion"], "extensions.istio.io/v1alpha1", "{f}");
         assert_eq!(m["kind"], "WasmPlugin", "{f}");
-        assert!(
-            m["metadata"]["name"].is_string() && m["metadata"]["namespace"].is_string(),
-            "{f}"
-        );
+        assert!(m["metadata"]["name"].is_string() && m["metadata"]["namespace"].is_string(), "{f}");
         let spec = &m["spec"];
         let url = spec["url"].as_str().unwrap_or_default();
-        assert!(
-            url.starts_with("oci://"),
-            "{f}: the image scripts/oci.sh pushes: {url}"
-        );
+        assert!(url.starts_with("oci://"), "{f}: the image scripts/oci.sh pushes: {url}");
         assert_eq!(spec["phase"], "AUTHZ", "{f}: the documented phase");
-        assert_eq!(
-            spec["failStrategy"], "FAIL_RELOAD",
-            "{f}: the documented failure strategy"
-        );
+        assert_eq!(spec["failStrategy"], "FAIL_RELOAD", "{f}: the documented failure strategy");
         assert!(
-            ["IfNotPresent", "Always"]
-                .contains(&spec["imagePullPolicy"].as_str().unwrap_or_default()),
+            ["IfNotPresent", "Always"].contains(&spec["imagePullPolicy"].as_str().unwrap_or_default()),
             "{f}: imagePullPolicy"
         );
         // The CRD's schema: only known fields under spec.
@@ -132,17 +106,11 @@ fn every_manifest_is_a_wasmplugin_istio_accepts() {
             "type",
         ];
         for key in spec.as_object().expect("spec").keys() {
-            assert!(
-                SPEC_FIELDS.contains(&key.as_str()),
-                "{f}: unknown spec field {key}"
-            );
+            assert!(SPEC_FIELDS.contains(&key.as_str()), "{f}: unknown spec field {key}");
         }
         let config = &spec["pluginConfig"];
         validate(&format!("{f} pluginConfig"), config);
-        validate(
-            &format!("{f} pluginConfig as Istio delivers it"),
-            &as_struct_numbers(config),
-        );
+        validate(&format!("{f} pluginConfig as Istio delivers it"), &as_struct_numbers(config));
     }
 }
 
@@ -164,8 +132,7 @@ fn every_plugin_config_is_its_example_json_word_for_word() {
     for (path, m) in &all {
         assert!(
             examples.iter().any(|e| {
-                let json: Value =
-                    serde_json::from_slice(&std::fs::read(e).expect("read")).expect("JSON");
+                let json: Value = serde_json::from_slice(&std::fs::read(e).expect("read")).expect("JSON");
                 m["spec"]["pluginConfig"] == json
             }),
             "{}: pluginConfig equals one of the example JSON files",

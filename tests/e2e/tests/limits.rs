@@ -41,34 +41,14 @@ fn admitted_stays_within_two_percent_of_burst_plus_rate_times_time_across_two_wo
     let refused = outcomes.iter().filter(|o| o.status == Some(429)).count();
     let failed = outcomes.len() - admitted as usize - refused;
     let error_pct = 100.0 * (admitted - expected).abs() / expected;
-    let late_ms = outcomes
-        .iter()
-        .map(|o| (o.sent_at.saturating_sub(o.at)).as_millis())
-        .max()
-        .unwrap_or(0);
+    let late_ms = outcomes.iter().map(|o| (o.sent_at.saturating_sub(o.at)).as_millis()).max().unwrap_or(0);
     eprintln!("admitted {admitted} expected {expected:.0} error {error_pct:.2}% refused {refused} failed {failed}; client at most {late_ms} ms late");
     assert_eq!(failed, 0, "every request got an answer");
-    assert!(
-        error_pct < 2.0,
-        "admitted {admitted} vs expected {expected:.0}: {error_pct:.2}% off"
-    );
-    assert_eq!(
-        stack.upstream.stats.requests(),
-        admitted as u64,
-        "what was admitted reached the upstream"
-    );
-    assert_eq!(
-        stack.wait_metric("surgeguard.limit.storefront.admitted", admitted as u64),
-        admitted as u64
-    );
-    assert_eq!(
-        stack.wait_metric("surgeguard.limit.storefront.rate_limited", refused as u64),
-        refused as u64
-    );
-    assert_eq!(
-        stack.wait_metric("surgeguard.class.default.rate_limited", refused as u64),
-        refused as u64
-    );
+    assert!(error_pct < 2.0, "admitted {admitted} vs expected {expected:.0}: {error_pct:.2}% off");
+    assert_eq!(stack.upstream.stats.requests(), admitted as u64, "what was admitted reached the upstream");
+    assert_eq!(stack.wait_metric("surgeguard.limit.storefront.admitted", admitted as u64), admitted as u64);
+    assert_eq!(stack.wait_metric("surgeguard.limit.storefront.rate_limited", refused as u64), refused as u64);
+    assert_eq!(stack.wait_metric("surgeguard.class.default.rate_limited", refused as u64), refused as u64);
 }
 
 #[test]
@@ -80,94 +60,44 @@ fn a_refusal_carries_every_contract_header_and_admitted_requests_arrive_unchange
     );
     let first = client::request(
         stack.port,
-        &Req::get("/cart?id=7")
-            .header("x-custom", "kept as is")
-            .header("user-agent", "e2e"),
+        &Req::get("/cart?id=7").header("x-custom", "kept as is").header("user-agent", "e2e"),
     )
     .expect("first request answered");
     assert_eq!(first.status, 200);
-    assert_eq!(
-        first.header("x-surgeguard"),
-        None,
-        "admitted responses are not marked"
-    );
-    let seen = stack
-        .upstream
-        .stats
-        .last_request
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("upstream saw it");
+    assert_eq!(first.header("x-surgeguard"), None, "admitted responses are not marked");
+    let seen = stack.upstream.stats.last_request.lock().unwrap().clone().expect("upstream saw it");
     assert_eq!((seen.0.as_str(), seen.1.as_str()), ("GET", "/cart?id=7"));
-    assert!(seen
-        .2
-        .iter()
-        .any(|(k, v)| k == "x-custom" && v == b"kept as is"));
+    assert!(seen.2.iter().any(|(k, v)| k == "x-custom" && v == b"kept as is"));
 
     // Standard may use 4 of the 5 tokens (reserve 0.2): 3 more pass, then 429.
     let replies = client::requests(stack.port, &vec![Req::get("/products/1"); 4]);
-    let statuses: Vec<u16> = replies
-        .iter()
-        .map(|r| r.as_ref().map_or(0, |r| r.status))
-        .collect();
+    let statuses: Vec<u16> = replies.iter().map(|r| r.as_ref().map_or(0, |r| r.status)).collect();
     assert_eq!(statuses, vec![200, 200, 200, 429]);
     let refused = replies[3].as_ref().unwrap();
-    assert_eq!(
-        refused.header("x-surgeguard"),
-        Some("limit=storefront; class=standard")
-    );
-    assert_eq!(
-        refused.header("ratelimit-policy"),
-        Some("\"storefront\";q=5;w=10")
-    );
-    let retry_after: u64 = refused
-        .header("retry-after")
-        .and_then(|v| v.parse().ok())
-        .expect("retry-after");
-    assert!(
-        (1..=2).contains(&retry_after),
-        "one token at 0.5/s is at most 2 s away, got {retry_after}"
-    );
-    assert_eq!(
-        refused.header("ratelimit"),
-        Some(format!("\"storefront\";r=0;t={retry_after}").as_str())
-    );
+    assert_eq!(refused.header("x-surgeguard"), Some("limit=storefront; class=standard"));
+    assert_eq!(refused.header("ratelimit-policy"), Some("\"storefront\";q=5;w=10"));
+    let retry_after: u64 = refused.header("retry-after").and_then(|v| v.parse().ok()).expect("retry-after");
+    assert!((1..=2).contains(&retry_after), "one token at 0.5/s is at most 2 s away, got {retry_after}");
+    assert_eq!(refused.header("ratelimit"), Some(format!("\"storefront\";r=0;t={retry_after}").as_str()));
 
     // The reserved token is still there for critical.
     let checkout = client::request(stack.port, &Req::get("/checkout").method("POST")).unwrap();
     assert_eq!(checkout.status, 200);
-    assert_eq!(
-        client::request(stack.port, &Req::get("/checkout"))
-            .unwrap()
-            .status,
-        429
-    );
+    assert_eq!(client::request(stack.port, &Req::get("/checkout")).unwrap().status, 429);
 }
 
 #[test]
 fn shadow_mode_lets_everything_through_and_counts_what_it_would_refuse() {
     let stack = Stack::start(&global_limit("shadow"));
     let (_, expected, outcomes) = overload(&stack);
-    assert!(
-        outcomes.iter().all(|o| o.status == Some(200)),
-        "shadow mode never refuses"
-    );
+    assert!(outcomes.iter().all(|o| o.status == Some(200)), "shadow mode never refuses");
     let total = outcomes.len() as u64;
-    let would_admit = stack
-        .wait_metric("surgeguard.class.default.admitted", 0)
-        .max(1);
+    let would_admit = stack.wait_metric("surgeguard.class.default.admitted", 0).max(1);
     let would_refuse = stack.metric("surgeguard.class.default.shadow_rate_limited");
     assert_eq!(would_admit + would_refuse, total);
     let error_pct = 100.0 * (would_admit as f64 - expected).abs() / expected;
-    assert!(
-        error_pct < 2.0,
-        "shadow admits as enforce would: {would_admit} vs {expected:.0}"
-    );
-    assert_eq!(
-        stack.metric("surgeguard.limit.storefront.shadow_rate_limited"),
-        would_refuse
-    );
+    assert!(error_pct < 2.0, "shadow admits as enforce would: {would_admit} vs {expected:.0}");
+    assert_eq!(stack.metric("surgeguard.limit.storefront.shadow_rate_limited"), would_refuse);
     assert_eq!(stack.metric("surgeguard.class.default.rate_limited"), 0);
 }
 
@@ -179,10 +109,7 @@ fn a_bad_configuration_stops_envoy_from_starting_and_the_log_names_the_field() {
         Ok(_) => panic!("Envoy started with a refused configuration"),
         Err(e) => e,
     };
-    for line in [
-        "limits[0].burst: must be >= 1, got 0",
-        "limits[1].tokens_per_secnd: unknown field",
-    ] {
+    for line in ["limits[0].burst: must be >= 1, got 0", "limits[1].tokens_per_secnd: unknown field"] {
         assert!(err.log.contains(line), "log lacks `{line}`:\n{}", err.log);
     }
 }
@@ -201,20 +128,9 @@ fn strange_requests_are_decided_without_crashing_the_filter() {
     ];
     for bytes in odd {
         let status = client::raw_request(stack.port, bytes);
-        assert!(
-            status.is_some(),
-            "a reply for {:?}",
-            String::from_utf8_lossy(bytes)
-        );
+        assert!(status.is_some(), "a reply for {:?}", String::from_utf8_lossy(bytes));
     }
     // The VM is alive and still decides.
-    assert_eq!(
-        client::request(stack.port, &Req::get("/")).unwrap().status,
-        200
-    );
-    assert!(
-        !stack.envoy.log().contains("panic"),
-        "{}",
-        stack.envoy.log()
-    );
+    assert_eq!(client::request(stack.port, &Req::get("/")).unwrap().status, 200);
+    assert!(!stack.envoy.log().contains("panic"), "{}", stack.envoy.log());
 }

@@ -32,11 +32,7 @@ fn free_port() -> u16 {
 fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()
@@ -66,22 +62,14 @@ impl Registry {
             .unwrap_or_else(|e| {
                 panic!("cannot run docker-registry ({e}): ./build.sh test installs it (Debian package docker-registry)")
             });
-        let mut registry = Registry {
-            child,
-            port,
-            _dir: dir,
-        };
+        let mut registry = Registry { child, port, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(15);
         while http_status(port, "/v2/") != Some(200) {
-            let log = std::fs::read_to_string(registry._dir.path().join("registry.log"))
-                .unwrap_or_default();
+            let log = std::fs::read_to_string(registry._dir.path().join("registry.log")).unwrap_or_default();
             if let Ok(Some(status)) = registry.child.try_wait() {
                 panic!("docker-registry exited ({status}):\n{log}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry not ready on {port}:\n{log}"
-            );
+            assert!(Instant::now() < deadline, "docker-registry not ready on {port}:\n{log}");
             std::thread::sleep(Duration::from_millis(50));
         }
         registry
@@ -89,9 +77,7 @@ impl Registry {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what} ({e}): ./build.sh test installs it"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {what} ({e}): ./build.sh test installs it"));
     assert!(
         out.status.success(),
         "{what} failed:\n{}{}",
@@ -106,9 +92,7 @@ fn json(path: &Path) -> Value {
 }
 
 fn blob(layout: &Path, digest: &str) -> std::path::PathBuf {
-    layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"))
+    layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
 }
 
 #[test]
@@ -125,10 +109,7 @@ fn the_image_pushed_to_a_registry_pulls_back_with_the_module_byte_for_byte() {
         "scripts/oci.sh",
     );
     let digest = String::from_utf8_lossy(&pushed.stdout).trim().to_string();
-    assert!(
-        digest.starts_with("sha256:") && digest.len() == 71,
-        "prints the digest: {digest:?}"
-    );
+    assert!(digest.starts_with("sha256:") && digest.len() == 71, "prints the digest: {digest:?}");
 
     let pulled = tmp.path().join("pulled");
     run(
@@ -145,57 +126,27 @@ fn the_image_pushed_to_a_registry_pulls_back_with_the_module_byte_for_byte() {
     // What Istio's fetcher expects of the "compat" variant: an OCI manifest whose single layer
     // is a tar+gzip holding plugin.wasm.
     let index = json(&pulled.join("index.json"));
-    assert_eq!(
-        index["manifests"][0]["digest"].as_str(),
-        Some(digest.as_str()),
-        "same manifest"
-    );
+    assert_eq!(index["manifests"][0]["digest"].as_str(), Some(digest.as_str()), "same manifest");
     let manifest = json(&blob(&pulled, &digest));
-    assert_eq!(
-        manifest["mediaType"],
-        "application/vnd.oci.image.manifest.v1+json"
-    );
-    assert_eq!(
-        manifest["config"]["mediaType"],
-        "application/vnd.oci.image.config.v1+json"
-    );
+    assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(manifest["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
     let layers = manifest["layers"].as_array().expect("layers");
     assert_eq!(layers.len(), 1, "one layer");
-    assert_eq!(
-        layers[0]["mediaType"],
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-    );
+    assert_eq!(layers[0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
     let layer = blob(&pulled, layers[0]["digest"].as_str().expect("layer digest"));
 
     let listing = run(Command::new("tar").arg("-tzf").arg(&layer), "tar");
-    assert_eq!(
-        String::from_utf8_lossy(&listing.stdout).trim(),
-        "plugin.wasm",
-        "only plugin.wasm"
-    );
+    assert_eq!(String::from_utf8_lossy(&listing.stdout).trim(), "plugin.wasm", "only plugin.wasm");
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).expect("dir");
-    run(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&layer)
-            .arg("-C")
-            .arg(&out),
-        "tar",
-    );
+    run(Command::new("tar").arg("-xzf").arg(&layer).arg("-C").arg(&out), "tar");
     let module = std::fs::read(out.join("plugin.wasm")).expect("plugin.wasm");
     assert!(
         module == std::fs::read(wasm_path()).expect("the built module"),
         "the pulled plugin.wasm is the built module, byte for byte"
     );
-    let config = json(&blob(
-        &pulled,
-        manifest["config"]["digest"].as_str().expect("config"),
-    ));
-    assert_eq!(
-        config["rootfs"]["diff_ids"].as_array().map(Vec::len),
-        Some(1)
-    );
+    let config = json(&blob(&pulled, manifest["config"]["digest"].as_str().expect("config")));
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(1));
 }
 
 #[test]

@@ -34,12 +34,8 @@ fn a_sheddable_flood_leaves_critical_traffic_its_reserved_share() {
         timeout: Duration::from_secs(10),
         local_address: None,
     });
-    let count = |label: &str, status: u16| {
-        outcomes
-            .iter()
-            .filter(|o| o.label == label && o.status == Some(status))
-            .count()
-    };
+    let count =
+        |label: &str, status: u16| outcomes.iter().filter(|o| o.label == label && o.status == Some(status)).count();
     let critical_total = outcomes.iter().filter(|o| o.label == "critical").count();
     let critical_pct = 100.0 * count("critical", 200) as f64 / critical_total as f64;
     let sheddable_admitted = count("sheddable", 200) as f64;
@@ -51,16 +47,10 @@ fn a_sheddable_flood_leaves_critical_traffic_its_reserved_share() {
     );
     assert!(critical_total >= 90);
     assert!(critical_pct >= 99.0, "critical admitted {critical_pct:.1}%");
-    assert!(
-        sheddable_admitted <= sheddable_bound,
-        "{sheddable_admitted} > {sheddable_bound}"
-    );
+    assert!(sheddable_admitted <= sheddable_bound, "{sheddable_admitted} > {sheddable_bound}");
     assert!(count("sheddable", 429) > 4_000, "the flood was shed");
     assert_eq!(
-        stack.wait_metric(
-            "surgeguard.class.sheddable.rate_limited",
-            count("sheddable", 429) as u64
-        ),
+        stack.wait_metric("surgeguard.class.sheddable.rate_limited", count("sheddable", 429) as u64),
         count("sheddable", 429) as u64
     );
 }
@@ -85,11 +75,7 @@ fn wait_in_flight_zero(stack: &Stack) {
     while stack.metric("surgeguard.in_flight") != 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        stack.metric("surgeguard.in_flight"),
-        0,
-        "the in-flight count returns to zero"
-    );
+    assert_eq!(stack.metric("surgeguard.in_flight"), 0, "the in-flight count returns to zero");
 }
 
 #[test]
@@ -111,34 +97,14 @@ fn the_upstream_never_sees_more_than_max_in_flight_and_sheds_get_503() {
     });
     let peak = stack.upstream.stats.peak_in_flight();
     let shed: Vec<_> = outcomes.iter().filter(|o| o.status == Some(503)).collect();
-    eprintln!(
-        "peak at upstream {peak} (max {MAX_IN_FLIGHT}); shed {} of {}",
-        shed.len(),
-        outcomes.len()
-    );
+    eprintln!("peak at upstream {peak} (max {MAX_IN_FLIGHT}); shed {} of {}", shed.len(), outcomes.len());
     assert!(peak <= MAX_IN_FLIGHT, "upstream saw {peak} at once");
-    assert!(
-        peak >= MAX_IN_FLIGHT - 1,
-        "the limit was reached (peak {peak})"
-    );
+    assert!(peak >= MAX_IN_FLIGHT - 1, "the limit was reached (peak {peak})");
     assert!(!shed.is_empty());
-    assert!(shed.iter().all(|o| o
-        .surgeguard
-        .as_deref()
-        .is_some_and(|h| h.starts_with("shed=in_flight; class="))));
+    assert!(shed.iter().all(|o| o.surgeguard.as_deref().is_some_and(|h| h.starts_with("shed=in_flight; class="))));
     // Sheddable may only fill half: critical got the larger share.
-    let ok = |l: &str| {
-        outcomes
-            .iter()
-            .filter(|o| o.label == l && o.status == Some(200))
-            .count()
-    };
-    assert!(
-        ok("critical") > ok("sheddable"),
-        "critical {} sheddable {}",
-        ok("critical"),
-        ok("sheddable")
-    );
+    let ok = |l: &str| outcomes.iter().filter(|o| o.label == l && o.status == Some(200)).count();
+    assert!(ok("critical") > ok("sheddable"), "critical {} sheddable {}", ok("critical"), ok("sheddable"));
     wait_in_flight_zero(&stack);
 }
 
@@ -167,17 +133,9 @@ fn aborted_clients_do_not_leak_in_flight_slots() {
         timeout: Duration::from_secs(10),
         local_address: None,
     });
-    assert_eq!(
-        outcomes.iter().filter(|o| o.status == Some(200)).count(),
-        MAX_IN_FLIGHT as usize
-    );
+    assert_eq!(outcomes.iter().filter(|o| o.status == Some(200)).count(), MAX_IN_FLIGHT as usize);
     // Upstream resets (route timeout shorter than the upstream) release too.
     wait_in_flight_zero(&stack);
-    assert_eq!(
-        client::request(stack.port, &Req::get("/checkout"))
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(client::request(stack.port, &Req::get("/checkout")).unwrap().status, 200);
     wait_in_flight_zero(&stack);
 }

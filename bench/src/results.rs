@@ -1,0 +1,359 @@
+//! The measurements of one run, their summaries (medians over rounds, spread), the ratios
+//! between arms, the floors of issue 5, and `results.json`.
+//!
+//! Ratios are throughput ratios: `rps(a) / rps(b)` from the medians over rounds of one
+//! interleaved run. Each round's paired ratio is kept too (`per_round`), so the spread of a
+//! ratio is visible, not only the spread of each arm.
+
+use crate::arms::{Arm, Variant, ARMS};
+use crate::stats::{median, paired_ratios, ratio, round_to, summarize, Summary};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// One closed-loop (wrk) measurement of one arm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throughput {
+    pub rps: f64,
+    /// Envoy's CPU time (all threads, user + system, from /proc) per request it served.
+    pub cpu_us_per_request: f64,
+    /// The user-space part of `cpu_us_per_request` (V8, the filter, Envoy's code); the rest is
+    /// the kernel (sockets), which also grows when a slower arm batches less per wake-up.
+    pub user_us_per_request: f64,
+    /// CPU time other processes took on the Envoy core during the run, in % of the run.
+    pub foreign_cpu_pct: f64,
+    /// The same on the load generator's core (besides wrk and this process's upstream).
+    pub foreign_load_cpu_pct: f64,
+    /// Non-2xx responses and socket errors: must stay 0 (every arm admits everything).
+    pub failures: u64,
+}
+
+/// One open-loop (oha) measurement of one arm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub achieved_rps: f64,
+    pub failures: u64,
+}
+
+/// Every round's measurements of one arm in one variant.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    pub throughput: Vec<Throughput>,
+    pub latency: Vec<Latency>,
+}
+
+/// One route variant: its arms' series and the open-loop rate used for latency.
+#[derive(Debug, Clone)]
+pub struct VariantRun {
+    pub variant: Variant,
+    pub arms: BTreeMap<&'static str, Series>,
+    pub latency_rate_rps: f64,
+}
+
+impl VariantRun {
+    pub fn new(variant: Variant) -> VariantRun {
+        VariantRun { variant, arms: ARMS.iter().map(|a| (a.key(), Series::default())).collect(), latency_rate_rps: 0.0 }
+    }
+
+    pub fn series(&self, arm: Arm) -> Option<&Series> {
+        self.arms.get(arm.key())
+    }
+
+    pub fn rps_samples(&self, arm: Arm) -> Vec<f64> {
+        self.series(arm).map(|s| s.throughput.iter().map(|t| t.rps).collect()).unwrap_or_default()
+    }
+}
+
+/// The summarized figures of one arm.
+#[derive(Debug, Clone, Copy)]
+pub struct ArmFigures {
+    pub rps: Summary,
+    pub cpu_us_per_request: Summary,
+    pub user_us_per_request: Summary,
+    pub p50_us: f64,
+    pub p99_us: Summary,
+    pub p999_us: f64,
+    pub latency_achieved_rps: f64,
+    pub foreign_cpu_pct: f64,
+    pub foreign_load_cpu_pct: f64,
+    pub failures: u64,
+}
+
+pub fn figures(s: &Series) -> Option<ArmFigures> {
+    let pick = |f: fn(&Throughput) -> f64| s.throughput.iter().map(f).collect::<Vec<_>>();
+    let lat = |f: fn(&Latency) -> f64| s.latency.iter().map(f).collect::<Vec<_>>();
+    let nan_summary = Summary { median: f64::NAN, min: f64::NAN, max: f64::NAN, spread_pct: f64::NAN, samples: 0 };
+    Some(ArmFigures {
+        rps: summarize(&pick(|t| t.rps))?,
+        cpu_us_per_request: summarize(&pick(|t| t.cpu_us_per_request))?,
+        user_us_per_request: summarize(&pick(|t| t.user_us_per_request))?,
+        p50_us: median(&lat(|l| l.p50_us)).unwrap_or(f64::NAN),
+        p99_us: summarize(&lat(|l| l.p99_us)).unwrap_or(nan_summary),
+        p999_us: median(&lat(|l| l.p999_us)).unwrap_or(f64::NAN),
+        latency_achieved_rps: median(&lat(|l| l.achieved_rps)).unwrap_or(f64::NAN),
+        foreign_cpu_pct: median(&pick(|t| t.foreign_cpu_pct)).unwrap_or(f64::NAN),
+        foreign_load_cpu_pct: median(&pick(|t| t.foreign_load_cpu_pct)).unwrap_or(f64::NAN),
+        failures: s.throughput.iter().map(|t| t.failures).sum::<u64>()
+            + s.latency.iter().map(|l| l.failures).sum::<u64>(),
+    })
+}
+
+/// A throughput ratio: of the medians, and per round (paired) with its range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RatioFigure {
+    pub of_medians: f64,
+    pub per_round: Vec<f64>,
+}
+
+impl RatioFigure {
+    pub fn between(run: &VariantRun, a: Arm, b: Arm) -> Option<RatioFigure> {
+        let (xa, xb) = (run.rps_samples(a), run.rps_samples(b));
+        Some(RatioFigure { of_medians: ratio(median(&xa)?, median(&xb)?)?, per_round: paired_ratios(&xa, &xb) })
+    }
+
+    fn json(&self) -> Value {
+        let s = summarize(&self.per_round);
+        json!({
+            "of_medians": round_to(self.of_medians, 4),
+            "per_round": self.per_round.iter().map(|r| round_to(*r, 4)).collect::<Vec<_>>(),
+            "per_round_median": s.map(|s| round_to(s.median, 4)),
+            "per_round_min": s.map(|s| round_to(s.min, 4)),
+            "per_round_max": s.map(|s| round_to(s.max, 4)),
+        })
+    }
+}
+
+/// The three headline ratios of one variant.
+pub struct Ratios {
+    pub vs_empty_wasm: Option<RatioFigure>,
+    pub vs_native: Option<RatioFigure>,
+    pub vs_no_filter: Option<RatioFigure>,
+}
+
+pub fn ratios(run: &VariantRun) -> Ratios {
+    Ratios {
+        vs_empty_wasm: RatioFigure::between(run, Arm::Surgeguard, Arm::EmptyWasm),
+        vs_native: RatioFigure::between(run, Arm::Surgeguard, Arm::NativeLocalRatelimit),
+        vs_no_filter: RatioFigure::between(run, Arm::Surgeguard, Arm::NoFilter),
+    }
+}
+
+/// Surgeguard's Envoy CPU per request minus another arm's, in microseconds (medians).
+pub fn cpu_over(run: &VariantRun, base: Arm) -> Option<f64> {
+    let f = |a: Arm| run.series(a).and_then(figures).map(|f| f.cpu_us_per_request.median);
+    Some(f(Arm::Surgeguard)? - f(base)?)
+}
+
+/// The same for user-space CPU only.
+pub fn user_over(run: &VariantRun, base: Arm) -> Option<f64> {
+    let f = |a: Arm| run.series(a).and_then(figures).map(|f| f.user_us_per_request.median);
+    Some(f(Arm::Surgeguard)? - f(base)?)
+}
+
+/// One floor of issue 5 and where the current build stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Floor {
+    pub name: &'static str,
+    pub target: &'static str,
+    pub value: Option<f64>,
+    pub unit: &'static str,
+    pub met: Option<bool>,
+}
+
+pub struct FloorInputs {
+    pub ratio_vs_empty: Option<f64>,
+    pub cpu_over_empty_us: Option<f64>,
+    pub accuracy_error_pct: Option<f64>,
+    pub module_bytes: u64,
+    pub startup_over_no_filter_ms: Option<f64>,
+}
+
+pub fn floors(i: &FloorInputs) -> Vec<Floor> {
+    let floor = |name, target, value: Option<f64>, unit, ok: fn(f64) -> bool| Floor {
+        name,
+        target,
+        value,
+        unit,
+        met: value.map(ok),
+    };
+    vec![
+        floor("throughput vs empty wasm", ">= 0.90x", i.ratio_vs_empty, "x", |v| v >= 0.90),
+        floor("Envoy CPU per request over empty wasm", "<= +5 us", i.cpu_over_empty_us, "us", |v| v <= 5.0),
+        floor("accuracy error (2 workers, 5x overload)", "< 1%", i.accuracy_error_pct, "%", |v| v.abs() < 1.0),
+        floor("module size after wasm-opt", "<= 100 KiB (102400 bytes)", Some(i.module_bytes as f64), "bytes", |v| {
+            v <= 102_400.0
+        }),
+        floor("Envoy start-up over no filter", "<= +150 ms", i.startup_over_no_filter_ms, "ms", |v| v <= 150.0),
+    ]
+}
+
+fn num(x: f64, digits: i32) -> Value {
+    if x.is_finite() {
+        json!(round_to(x, digits))
+    } else {
+        Value::Null
+    }
+}
+
+/// The contract's per-arm object, plus spread and the other percentiles.
+pub fn arm_json(f: &ArmFigures, startup_ms: Option<f64>) -> Value {
+    json!({
+        "rps_median": num(f.rps.median, 0),
+        "cpu_us_per_request": num(f.cpu_us_per_request.median, 2),
+        "p99_us": num(f.p99_us.median, 0),
+        "p50_us": num(f.p50_us, 0),
+        "p999_us": num(f.p999_us, 0),
+        "rps_min": num(f.rps.min, 0),
+        "rps_max": num(f.rps.max, 0),
+        "rps_spread_pct": num(f.rps.spread_pct, 1),
+        "cpu_us_per_request_min": num(f.cpu_us_per_request.min, 2),
+        "cpu_us_per_request_max": num(f.cpu_us_per_request.max, 2),
+        "cpu_spread_pct": num(f.cpu_us_per_request.spread_pct, 1),
+        "user_us_per_request": num(f.user_us_per_request.median, 2),
+        "system_us_per_request": num(f.cpu_us_per_request.median - f.user_us_per_request.median, 2),
+        "p99_spread_pct": num(f.p99_us.spread_pct, 1),
+        "latency_achieved_rps": num(f.latency_achieved_rps, 0),
+        // The open-loop rate as a share of this arm's own closed-loop maximum: near 100%,
+        // latency is queueing, not service time.
+        "latency_load_pct": num(f.latency_achieved_rps / f.rps.median * 100.0, 0),
+        "foreign_cpu_pct_on_envoy_core": num(f.foreign_cpu_pct, 1),
+        "foreign_cpu_pct_on_load_core": num(f.foreign_load_cpu_pct, 1),
+        "failures": f.failures,
+        "rounds": f.rps.samples,
+        "startup_ms": startup_ms.map_or(Value::Null, |v| num(v, 1)),
+    })
+}
+
+/// `arms` and `ratios` of one variant, in the contract's shape.
+pub fn variant_json(run: &VariantRun, startup_ms: &BTreeMap<&'static str, f64>) -> Value {
+    let mut arms = Map::new();
+    for arm in ARMS {
+        if let Some(f) = run.series(arm).and_then(figures) {
+            arms.insert(arm.key().to_string(), arm_json(&f, startup_ms.get(arm.key()).copied()));
+        }
+    }
+    let r = ratios(run);
+    let headline = |x: &Option<RatioFigure>| x.as_ref().map_or(Value::Null, |r| num(r.of_medians, 4));
+    let detail = |x: &Option<RatioFigure>| x.as_ref().map_or(Value::Null, RatioFigure::json);
+    json!({
+        "arms": arms,
+        "ratios": {
+            "surgeguard_vs_empty_wasm": headline(&r.vs_empty_wasm),
+            "surgeguard_vs_native": headline(&r.vs_native),
+            "surgeguard_vs_no_filter": headline(&r.vs_no_filter),
+        },
+        "ratio_details": {
+            "surgeguard_vs_empty_wasm": detail(&r.vs_empty_wasm),
+            "surgeguard_vs_native": detail(&r.vs_native),
+            "surgeguard_vs_no_filter": detail(&r.vs_no_filter),
+        },
+        "cpu_us_over": {
+            "surgeguard_vs_empty_wasm": cpu_over(run, Arm::EmptyWasm).map_or(Value::Null, |v| num(v, 2)),
+            "surgeguard_vs_native": cpu_over(run, Arm::NativeLocalRatelimit).map_or(Value::Null, |v| num(v, 2)),
+            "surgeguard_vs_no_filter": cpu_over(run, Arm::NoFilter).map_or(Value::Null, |v| num(v, 2)),
+        },
+        "user_us_over": {
+            "surgeguard_vs_empty_wasm": user_over(run, Arm::EmptyWasm).map_or(Value::Null, |v| num(v, 2)),
+            "surgeguard_vs_native": user_over(run, Arm::NativeLocalRatelimit).map_or(Value::Null, |v| num(v, 2)),
+            "surgeguard_vs_no_filter": user_over(run, Arm::NoFilter).map_or(Value::Null, |v| num(v, 2)),
+        },
+        "latency_rate_rps": num(run.latency_rate_rps, 0),
+    })
+}
+
+pub fn floors_json(floors: &[Floor]) -> Value {
+    Value::Array(
+        floors
+            .iter()
+            .map(|f| {
+                json!({
+                    "floor": f.name,
+                    "target": f.target,
+                    "value": f.value.map_or(Value::Null, |v| num(v, 4)),
+                    "unit": f.unit,
+                    "met": f.met,
+                })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with(rps: [[f64; 3]; 4]) -> VariantRun {
+        let mut run = VariantRun::new(Variant::DirectResponse);
+        for (arm, series) in ARMS.iter().zip(rps) {
+            let s = run.arms.get_mut(arm.key()).unwrap();
+            for r in series {
+                s.throughput.push(Throughput {
+                    rps: r,
+                    cpu_us_per_request: 1e6 / r,
+                    user_us_per_request: 5e5 / r,
+                    foreign_cpu_pct: 0.0,
+                    foreign_load_cpu_pct: 0.0,
+                    failures: 0,
+                });
+            }
+        }
+        run
+    }
+
+    #[test]
+    fn ratios_are_surgeguard_throughput_over_each_other_arm_from_medians() {
+        // no_filter, native, empty, surgeguard
+        let run = run_with([
+            [20_000.0, 19_000.0, 21_000.0],
+            [18_000.0, 18_500.0, 17_000.0],
+            [16_000.0, 15_000.0, 17_000.0],
+            [12_000.0, 12_500.0, 11_000.0],
+        ]);
+        let r = ratios(&run);
+        assert_eq!(r.vs_no_filter.unwrap().of_medians, 12_000.0 / 20_000.0);
+        assert_eq!(r.vs_native.unwrap().of_medians, 12_000.0 / 18_000.0);
+        let e = r.vs_empty_wasm.unwrap();
+        assert_eq!(e.of_medians, 0.75);
+        assert_eq!(e.per_round, vec![0.75, 12_500.0 / 15_000.0, 11_000.0 / 17_000.0]);
+    }
+
+    #[test]
+    fn cpu_over_is_the_difference_of_the_median_cpu_per_request() {
+        let run = run_with([[1e6; 3], [1e6; 3], [500_000.0; 3], [250_000.0; 3]]);
+        // 4 us per request against 2 us: +2 us.
+        assert_eq!(cpu_over(&run, Arm::EmptyWasm), Some(2.0));
+    }
+
+    #[test]
+    fn an_arm_without_measurements_gives_no_ratio() {
+        let mut run = run_with([[1.0; 3]; 4]);
+        run.arms.insert("empty_wasm", Series::default());
+        assert!(ratios(&run).vs_empty_wasm.is_none());
+    }
+
+    #[test]
+    fn floors_compare_each_figure_with_issue_5() {
+        let f = floors(&FloorInputs {
+            ratio_vs_empty: Some(0.85),
+            cpu_over_empty_us: Some(4.9),
+            accuracy_error_pct: Some(-1.2),
+            module_bytes: 102_401,
+            startup_over_no_filter_ms: None,
+        });
+        let met: Vec<_> = f.iter().map(|f| f.met).collect();
+        assert_eq!(met, vec![Some(false), Some(true), Some(false), Some(false), None]);
+    }
+
+    #[test]
+    fn the_arm_object_has_the_contract_fields() {
+        let run = run_with([[10_000.0; 3]; 4]);
+        let f = figures(run.series(Arm::Surgeguard).unwrap()).unwrap();
+        let v = arm_json(&f, Some(812.34));
+        assert_eq!(v["rps_median"], 10_000.0);
+        assert_eq!(v["cpu_us_per_request"], 100.0);
+        assert!(v["p99_us"].is_null(), "no latency rounds: no p99");
+        assert_eq!(v["startup_ms"], 812.3);
+    }
+}

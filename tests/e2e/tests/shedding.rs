@@ -139,3 +139,40 @@ fn aborted_clients_do_not_leak_in_flight_slots() {
     assert_eq!(client::request(stack.port, &Req::get("/checkout")).unwrap().status, 200);
     wait_in_flight_zero(&stack);
 }
+
+#[test]
+fn streams_ended_by_a_route_timeout_release_their_slots() {
+    // The upstream takes 400 ms; the route gives up after 100 ms (504 from Envoy's router).
+    let upstream = surgeguard_harness::upstream::Upstream::start(Duration::from_millis(400)).unwrap();
+    let mut bootstrap = surgeguard_harness::envoy::Bootstrap::new(
+        upstream.port,
+        Some(&format!(r#"{{"concurrency": {{"max_in_flight": {MAX_IN_FLIGHT}}}}}"#)),
+    );
+    bootstrap.route_timeout = "0.1s".into();
+    let envoy = surgeguard_harness::envoy::Envoy::start(&bootstrap.yaml(), &Default::default())
+        .unwrap_or_else(|e| panic!("{}\n{}", e.message, e.log));
+    let port = envoy.listener_port();
+    for _ in 0..3 {
+        let outcomes = open_loop(Load {
+            port,
+            rate_per_s: 1000.0,
+            duration: Duration::from_millis(MAX_IN_FLIGHT),
+            make: Arc::new(|_| (Req::get("/slow"), "timeout")),
+            timeout: Duration::from_secs(10),
+            local_address: None,
+        });
+        // Every one of the MAX_IN_FLIGHT concurrent requests was admitted (the slots of the
+        // round before were freed) and timed out at the route.
+        assert!(
+            outcomes.iter().all(|o| o.status == Some(504)),
+            "{:?}",
+            outcomes.iter().map(|o| o.status).collect::<Vec<_>>()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while envoy.metric("surgeguard.in_flight") != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(envoy.metric("surgeguard.in_flight"), 0);
+    assert_eq!(envoy.metric("surgeguard.class.default.shed"), 0, "no slot leaked into a shed");
+}

@@ -17,10 +17,15 @@ options:
   --pool N             database connection pool size [40]
   --pool-wait-ms MS    how long a request waits for a connection before it fails [1000]
   --seed N             seed of the traffic schedule (both runs replay the same one) [1]
-  --out DIR            where summary.json and report.html go [dist/demo]
+  --out DIR            where summary.json and report.html go [dist/demo; dist/demo/live with --live]
   --config FILE        the Envoy config with the filter [envoy/demo.yaml]
   --database-url URL   a real PostgreSQL instead of the embedded database model
                        [$DATABASE_URL]
+  --live               instead: one run with surgeguard configured over ECDS (a temporary copy
+                       of envoy/ecds/, starting from envoy/storefront.json), and halfway through
+                       the surge the `storefront` bucket is changed live with
+                       scripts/surgeguard-apply: no restart, no dropped connection
+  --live-rate PER_S    with --live: the bucket's new tokens_per_second (and burst) [100]
   --no-progress        no progress line
   -h, --help           this text";
 
@@ -36,6 +41,10 @@ pub struct Options {
     pub envoy_config: PathBuf,
     pub database_url: Option<String>,
     pub progress: bool,
+    /// `--live`: one run over ECDS with a limit changed mid-run ([`crate::live`]).
+    pub live: bool,
+    /// The `storefront` bucket's new rate (and burst) in `--live` mode.
+    pub live_rate_per_s: f64,
 }
 
 impl Default for Options {
@@ -52,6 +61,8 @@ impl Default for Options {
             envoy_config: root.join("envoy/demo.yaml"),
             database_url: None,
             progress: true,
+            live: false,
+            live_rate_per_s: 100.0,
         }
     }
 }
@@ -71,6 +82,7 @@ fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
 pub fn parse(args: &[String], database_url_env: Option<String>) -> Result<Command, String> {
     let mut o = Options { database_url: database_url_env.filter(|u| !u.is_empty()), ..Options::default() };
     let mut it = args.iter();
+    let mut out_given = false;
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
@@ -85,10 +97,15 @@ pub fn parse(args: &[String], database_url_env: Option<String>) -> Result<Comman
             "--pool" => o.pool_size = number(flag, &value()?)?,
             "--pool-wait-ms" => o.pool_wait_ms = number(flag, &value()?)?,
             "--seed" => o.seed = number(flag, &value()?)?,
-            "--out" => o.out_dir = PathBuf::from(value()?),
+            "--out" => {
+                o.out_dir = PathBuf::from(value()?);
+                out_given = true;
+            }
             "--config" => o.envoy_config = PathBuf::from(value()?),
             "--database-url" => o.database_url = Some(value()?),
             "--no-progress" => o.progress = false,
+            "--live" => o.live = true,
+            "--live-rate" => o.live_rate_per_s = number(flag, &value()?)?,
             _ => return Err(format!("unknown option `{arg}` (try --help)")),
         }
     }
@@ -104,8 +121,15 @@ pub fn parse(args: &[String], database_url_env: Option<String>) -> Result<Comman
     if o.pool_size == 0 || o.pool_size > 1000 {
         return Err(format!("--pool: must be 1 to 1000, got {}", o.pool_size));
     }
+    if !(o.live_rate_per_s >= 1.0 && o.live_rate_per_s <= 100_000.0) {
+        return Err(format!("--live-rate: must be 1 to 100000, got {}", o.live_rate_per_s));
+    }
     if o.pool_wait_ms == 0 {
         return Err("--pool-wait-ms: must be >= 1".into());
+    }
+    // The live run has one run, not the contract's two: it must not replace dist/demo/summary.json.
+    if o.live && !out_given {
+        o.out_dir = o.out_dir.join("live");
     }
     Ok(Command::Run(o))
 }
@@ -124,6 +148,15 @@ mod tests {
         assert_eq!((o.duration_s, o.surge, o.pool_size), (24.0, 5.0, 40));
         assert!(o.out_dir.ends_with("dist/demo"));
         assert_eq!(o.database_url, None);
+        assert!(!o.live, "the default demo is the two runs");
+    }
+
+    #[test]
+    fn live_mode_takes_the_new_rate() {
+        let Command::Run(o) = parse(&args("--live --live-rate 80"), None).unwrap() else { panic!("help") };
+        assert!(o.live);
+        assert_eq!(o.live_rate_per_s, 80.0);
+        assert!(parse(&args("--live-rate 0"), None).unwrap_err().contains("--live-rate"));
     }
 
     #[test]
@@ -133,6 +166,8 @@ mod tests {
         };
         assert_eq!((o.duration_s, o.surge, o.progress), (10.0, 8.0, false));
         assert_eq!(o.out_dir, PathBuf::from("/tmp/x"));
+        let Command::Run(live) = parse(&args("--live"), None).unwrap() else { panic!("a run") };
+        assert!(live.out_dir.ends_with("dist/demo/live"), "a live run keeps the two-run summary");
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub fn plan(o: &Options) -> Plan {
     }
 }
 
-fn storefront_config(o: &Options) -> StorefrontConfig {
+pub(crate) fn storefront_config(o: &Options) -> StorefrontConfig {
     StorefrontConfig {
         port: 0,
         pool_size: o.pool_size,
@@ -96,13 +96,13 @@ fn storefront_config(o: &Options) -> StorefrontConfig {
 }
 
 /// Samples the pool every [`DB_SAMPLE_MS`] and draws the progress line; stops on drop.
-struct Monitor {
+pub(crate) struct Monitor {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<Vec<u32>>>,
 }
 
 impl Monitor {
-    fn start(pool: Arc<Pool>, live: Arc<Live>, label: &'static str, plan: Plan, show: bool) -> Monitor {
+    pub(crate) fn start(pool: Arc<Pool>, live: Arc<Live>, label: &'static str, plan: Plan, show: bool) -> Monitor {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
@@ -150,7 +150,7 @@ impl Monitor {
         Monitor { stop, handle: Some(handle) }
     }
 
-    fn finish(mut self) -> Vec<u32> {
+    pub(crate) fn finish(mut self) -> Vec<u32> {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
     }
@@ -222,7 +222,7 @@ fn run_arm(o: &Options, arm: Arm, plan: &Plan, arrivals: &[Arrival], cancel: &Ar
     Ok(Run { key: arm.key(), outcomes, pool: storefront.db.stats(), db_in_use, filter_counters })
 }
 
-fn envoy_version() -> String {
+pub(crate) fn envoy_version() -> String {
     surgeguard_harness::envoy::envoy_bin()
         .ok()
         .and_then(|bin| std::process::Command::new(bin).arg("--version").output().ok())
@@ -235,7 +235,7 @@ fn envoy_version() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn relative(p: &Path) -> String {
+pub(crate) fn relative(p: &Path) -> String {
     let root = surgeguard_harness::repo_root();
     p.strip_prefix(&root).unwrap_or(p).display().to_string()
 }

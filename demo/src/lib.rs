@@ -5,7 +5,8 @@
 //! ([`traffic`]) that surges several-fold ([`schedule`]), sent open-loop ([`load`]) through a
 //! real Envoy twice: without the filter and with surgeguard ([`envoy_conf`], [`demo`]). The
 //! results ([`outcome`], [`summary`]) become a terminal table ([`table`]), `summary.json` and
-//! an HTML report with plots ([`report`]).
+//! an HTML report with plots ([`report`]). `--live` ([`live`], [`live_report`]) instead runs once
+//! with the filter configured over ECDS and changes a limit mid-run.
 //!
 //! Nothing here is compiled into the wasm module: this crate only drives Envoy from outside.
 
@@ -14,6 +15,8 @@ pub mod db;
 pub mod demo;
 pub mod envoy_conf;
 pub mod interrupt;
+pub mod live;
+pub mod live_report;
 pub mod load;
 pub mod outcome;
 pub mod pg;

@@ -22,6 +22,9 @@ pub struct Live {
     pub sent: AtomicU64,
     /// Indexed by [`Verdict::index`].
     pub verdicts: [AtomicU64; 3],
+    /// When the schedule's time 0 was (set as the load starts), so other threads can act at a
+    /// scheduled moment (the live change of `--live`).
+    pub started: std::sync::OnceLock<Instant>,
 }
 
 impl Live {
@@ -81,6 +84,7 @@ pub fn run(
     runtime.block_on(async {
         let c = client();
         let start = Instant::now();
+        let _ = live.started.set(start);
         let mut tasks = tokio::task::JoinSet::new();
         for (i, a) in arrivals.iter().enumerate() {
             let due = start + Duration::from_micros(a.at_us);

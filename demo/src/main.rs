@@ -24,8 +24,54 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if options.live {
+        live(&options, &cancel);
+        return;
+    }
     match demo::run(&options, &cancel) {
         Ok(d) => {
+            println!();
+            print!("{}", d.table);
+            println!();
+            for c in &d.claims {
+                let mark = if c.holds { "ok " } else { "NOT" };
+                println!("[{mark}] {}: {}", c.claim, c.evidence);
+            }
+            println!();
+            for p in &d.written {
+                println!("wrote {}", p.display());
+            }
+        }
+        Err(e) if e == INTERRUPTED => {
+            eprintln!("demo: interrupted; Envoy and the storefront are stopped");
+            std::process::exit(130);
+        }
+        Err(e) => {
+            eprintln!("demo: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `--live`: one run over ECDS with a limit changed mid-run.
+fn live(options: &cli::Options, cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    match surgeguard_demo::live::run(options, cancel) {
+        Ok(d) => {
+            let c = &d.change;
+            println!();
+            println!(
+                "live change: {} at {} s (helper started at {:.2} s); Envoy {} it over ECDS: update_success {} -> {}, no restart (pid {})",
+                c.what(),
+                c.applied_s.map_or("-".into(), |t| format!("{t:.2}")),
+                c.started_s,
+                if c.accepted() { "accepted" } else { "did NOT accept" },
+                c.update_success_before,
+                c.update_success_after,
+                d.envoy_pid,
+            );
+            if let Some(l) = &c.filter_log {
+                println!("the filter logged: {l}");
+            }
             println!();
             print!("{}", d.table);
             println!();

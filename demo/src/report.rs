@@ -11,19 +11,19 @@ use crate::summary::{Claim, Run, Stats, BIN_S, DB_SAMPLE_MS};
 use crate::traffic::Kind;
 use std::fmt::Write;
 
-const W: f64 = 1000.0;
-const LEFT: f64 = 56.0;
+pub(crate) const W: f64 = 1000.0;
+pub(crate) const LEFT: f64 = 56.0;
 const GAP: f64 = 44.0;
-const PANEL_H: f64 = 110.0;
+pub(crate) const PANEL_H: f64 = 110.0;
 const ROW_H: f64 = 158.0;
 const DB_H: f64 = 150.0;
-const TOP: f64 = 66.0;
+pub(crate) const TOP: f64 = 66.0;
 
-const SERVED: &str = "#2e7d32";
-const REFUSED: &str = "#ef8c00";
-const FAILED: &str = "#c62828";
+pub(crate) const SERVED: &str = "#2e7d32";
+pub(crate) const REFUSED: &str = "#ef8c00";
+pub(crate) const FAILED: &str = "#c62828";
 const WITHOUT: &str = "#c62828";
-const WITH: &str = "#1565c0";
+pub(crate) const WITH: &str = "#1565c0";
 
 /// What the figure shows.
 pub struct Figure<'a> {
@@ -53,25 +53,25 @@ pub fn nice_ceil(v: f64) -> f64 {
     10.0 * mag
 }
 
-struct Panel {
-    x: f64,
-    y: f64,
-    w: f64,
-    h: f64,
-    x_max_s: f64,
-    y_max: f64,
+pub(crate) struct Panel {
+    pub(crate) x: f64,
+    pub(crate) y: f64,
+    pub(crate) w: f64,
+    pub(crate) h: f64,
+    pub(crate) x_max_s: f64,
+    pub(crate) y_max: f64,
 }
 
 impl Panel {
-    fn px(&self, t_s: f64) -> f64 {
+    pub(crate) fn px(&self, t_s: f64) -> f64 {
         self.x + (t_s / self.x_max_s).clamp(0.0, 1.0) * self.w
     }
 
-    fn py(&self, v: f64) -> f64 {
+    pub(crate) fn py(&self, v: f64) -> f64 {
         self.y + self.h - (v / self.y_max).clamp(0.0, 1.0) * self.h
     }
 
-    fn frame(&self, svg: &mut String, title: &str, plan: &Plan, y_unit: &str) {
+    pub(crate) fn frame(&self, svg: &mut String, title: &str, plan: &Plan, y_unit: &str) {
         let (x0, x1) = (self.px(plan.surge_start_s()), self.px(plan.surge_end_s()));
         let _ = writeln!(
             svg,
@@ -129,7 +129,7 @@ impl Panel {
         );
     }
 
-    fn line(&self, svg: &mut String, points: &[(f64, f64)], color: &str, dash: Option<&str>) {
+    pub(crate) fn line(&self, svg: &mut String, points: &[(f64, f64)], color: &str, dash: Option<&str>) {
         let pts: Vec<String> = points.iter().map(|(t, v)| format!("{:.1},{:.1}", self.px(*t), self.py(*v))).collect();
         let dash = dash.map_or(String::new(), |d| format!(r#" stroke-dasharray="{d}""#));
         let _ = writeln!(
@@ -140,15 +140,15 @@ impl Panel {
     }
 }
 
-fn per_second(counts: &[u64]) -> Vec<(f64, f64)> {
+pub(crate) fn per_second(counts: &[u64]) -> Vec<(f64, f64)> {
     counts.iter().enumerate().map(|(i, c)| ((i as f64 + 0.5) * BIN_S as f64, *c as f64 / BIN_S as f64)).collect()
 }
 
-fn db_points(samples: &[u32]) -> Vec<(f64, f64)> {
+pub(crate) fn db_points(samples: &[u32]) -> Vec<(f64, f64)> {
     samples.iter().enumerate().map(|(i, n)| ((i + 1) as f64 * DB_SAMPLE_MS as f64 / 1000.0, f64::from(*n))).collect()
 }
 
-fn legend(svg: &mut String, x: f64, y: f64, items: &[(&str, &str, Option<&str>)]) {
+pub(crate) fn legend(svg: &mut String, x: f64, y: f64, items: &[(&str, &str, Option<&str>)]) {
     let mut x = x;
     for (label, color, dash) in items {
         let dash = dash.map_or(String::new(), |d| format!(r#" stroke-dasharray="{d}""#));

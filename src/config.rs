@@ -5,12 +5,12 @@
 //! - every number is in the range its field documents, so the arithmetic in `bucket` and
 //!   `record` cannot overflow; at most [`MAX_LIMITS`] limits (decisions keep limit sets as bits);
 //! - a configuration with any problem compiles to nothing: every problem is reported, each as
-//!   `<path>: <message>, got <value>` (or `<path>: unknown field`).
+//!   `<path>: <message>, got <value>` (or `<path>: unknown field` / `<path>: duplicate field`).
 //!
-//! The JSON is read with serde_json into a `Value` and walked by hand, so that every problem is
-//! found in one pass with its exact path (serde's derive stops at the first error and loses it).
+//! The JSON is read into a [`json::Value`] and walked by hand, so that every
+//! problem is found in one pass with its exact path. Object fields are checked in key order.
 
-use serde_json::{Map, Value};
+use crate::json::{self, Map, Value};
 use std::fmt;
 
 /// Default and bounds, kept together so the README reference can be checked against them.
@@ -186,9 +186,21 @@ pub const REFERENCE: &[FieldDoc] = &[
     doc("concurrency.retry_after_s", false, "1", "`retry-after` of a shed (503) reply, 1 to 3600."),
 ];
 
+/// The paths of [`REFERENCE`] alone, computed at compile time: what the parser needs, so the
+/// prose (used only by `surgeguard-check --reference`) stays out of the wasm module.
+const FIELD_PATHS: [&str; REFERENCE.len()] = {
+    let mut paths = [""; REFERENCE.len()];
+    let mut i = 0;
+    while i < REFERENCE.len() {
+        paths[i] = REFERENCE[i].path;
+        i += 1;
+    }
+    paths
+};
+
 fn is_documented(schema: &str, field: &str) -> bool {
-    REFERENCE.iter().any(|d| {
-        let (parent, name) = d.path.rsplit_once('.').unwrap_or(("", d.path));
+    FIELD_PATHS.iter().any(|path| {
+        let (parent, name) = path.rsplit_once('.').unwrap_or(("", path));
         parent == schema && name == field
     })
 }
@@ -222,10 +234,10 @@ pub fn parse(bytes: &[u8]) -> Result<Policy, Vec<ConfigError>> {
     let value: Value = if text.trim().is_empty() {
         Value::Object(Map::new())
     } else {
-        serde_json::from_str(text).map_err(|e| {
+        json::parse(text).map_err(|e| {
             vec![ConfigError {
                 path: "configuration".into(),
-                message: format!("invalid JSON ({} at line {} column {})", json_error_kind(&e), e.line(), e.column()),
+                message: format!("invalid JSON ({} at line {} column {})", e.kind.as_str(), e.line, e.column),
                 got: None,
             }]
         })?
@@ -238,19 +250,10 @@ pub fn parse(bytes: &[u8]) -> Result<Policy, Vec<ConfigError>> {
     }
 }
 
-fn json_error_kind(e: &serde_json::Error) -> String {
-    // serde_json's message ends with " at line L column C"; keep only the description.
-    let full = e.to_string();
-    match full.rfind(" at line ") {
-        Some(i) => full.chars().take(i).collect(),
-        None => full,
-    }
-}
-
-/// Renders a value for an error message: compact JSON, cut short if long.
+/// Renders a value for an error message: compact JSON (numbers as written), cut short if long.
 fn render(v: &Value) -> String {
     const MAX_CHARS: usize = 80;
-    let s = v.to_string();
+    let s = v.to_json();
     if s.chars().count() > MAX_CHARS {
         let cut: String = s.chars().take(MAX_CHARS).collect();
         format!("{cut}...")
@@ -279,14 +282,26 @@ impl Compiler {
     }
 
     /// Checks that `v` is an object whose fields are all documented in [`REFERENCE`] under
-    /// `schema` (the path with indices dropped, e.g. `limits[]`; `match` for every match).
-    fn object<'v>(&mut self, path: &str, v: &'v Value, schema: &str) -> Option<&'v Map<String, Value>> {
+    /// `schema` (the path with indices dropped, e.g. `limits[]`; `match` for every match), each
+    /// given once.
+    fn object<'v>(&mut self, path: &str, v: &'v Value, schema: &str) -> Option<&'v Map> {
         let Some(map) = v.as_object() else {
             let p = if path.is_empty() { "configuration" } else { path };
             self.error(p, "must be an object", Some(v));
             return None;
         };
+        // Keys come in order, a repeated one as often as it is given.
+        let mut previous = None;
+        let mut repeated = None;
         for key in map.keys() {
+            if previous == Some(key) {
+                if repeated != Some(key) && is_documented(schema, key) {
+                    self.error(&field_path(path, key), "duplicate field", None);
+                }
+                repeated = Some(key);
+                continue;
+            }
+            previous = Some(key);
             if !is_documented(schema, key) {
                 self.error(&field_path(path, key), "unknown field", None);
             }
@@ -345,7 +360,7 @@ impl Compiler {
         Some(n as u64)
     }
 
-    fn array<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v Vec<Value>> {
+    fn array<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v [Value]> {
         let a = v.as_array();
         if a.is_none() {
             self.error(path, "must be a list", Some(v));
@@ -600,7 +615,7 @@ impl Compiler {
             Some(b) => self.bool(&field_path(path, "ignore_case"), b),
         };
         let given: Vec<&str> =
-            ["exact", "prefix", "contains", "present"].into_iter().filter(|k| obj.contains_key(*k)).collect();
+            ["exact", "prefix", "contains", "present"].into_iter().filter(|k| obj.contains_key(k)).collect();
         if given.len() != 1 {
             self.error(path, "must give exactly one of exact, prefix, contains, present", Some(v));
             return None;

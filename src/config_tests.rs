@@ -141,6 +141,26 @@ fn header_matches_take_exactly_one_test() {
 fn invalid_json_says_where() {
     assert_eq!(errors("{\"mode\": }"), vec!["configuration: invalid JSON (expected value at line 1 column 10)"]);
     assert_eq!(errors("\u{0}\u{ff}").len(), 1);
+    let cases = [
+        ("{\"limits\": [\n  {\"name\": \"a\",},\n]}", "trailing comma at line 2 column 16"),
+        ("{\"mode\": \"enforce\"", "EOF while parsing an object at line 1 column 18"),
+        ("{mode: 1}", "key must be a string at line 1 column 2"),
+        ("{} {}", "trailing characters at line 1 column 4"),
+        ("{\"mode\": \"\\q\"}", "invalid escape at line 1 column 12"),
+        ("{\"limits\": [{\"burst\": 01}]}", "invalid number at line 1 column 24"),
+        ("{\"limits\": [{\"burst\": 1e999}]}", "number out of range at line 1 column 27"),
+        (
+            "{\"mode\": \"a\tb\"}",
+            "control character (\\u0000-\\u001F) found while parsing a string at line 1 column 12",
+        ),
+        (
+            &("[".repeat(200) + &"]".repeat(200)),
+            "nested too deeply (more than 127 lists and objects) at line 1 column 128",
+        ),
+    ];
+    for (json, kind) in cases {
+        assert_eq!(errors(json), vec![format!("configuration: invalid JSON ({kind})")], "{json}");
+    }
     let not_utf8 = parse(&[b'{', 0xff, b'}']).err().map(|e| e[0].to_string());
     assert_eq!(not_utf8.as_deref(), Some("configuration: must be UTF-8 JSON (invalid byte at offset 1)"));
 }
@@ -227,4 +247,48 @@ fn every_documented_field_is_accepted() {
         assert!(all.contains(&format!("\"{name}\"")), "{} is documented but not exercised", d.path);
     }
     assert!(!used.is_empty());
+}
+
+#[test]
+fn a_field_given_twice_is_refused() {
+    assert_eq!(
+        errors(r#"{"limits": [{"name": "a", "tokens_per_second": 1, "burst": 1, "burst": 1000}]}"#),
+        vec!["limits[0].burst: duplicate field"]
+    );
+    assert_eq!(
+        errors(r#"{"mode": "enforce", "extra": 1, "mode": "shadow", "extra": 2, "mode": "shadow"}"#),
+        vec!["extra: unknown field", "mode: duplicate field"]
+    );
+    // A repeated key stands for the same field, however it is escaped.
+    assert_eq!(
+        errors(r#"{"concurrency": {"max_in_flight": 1, "max_in_fligh\u0074": 2}}"#),
+        vec!["concurrency.max_in_flight: duplicate field"]
+    );
+}
+
+#[test]
+fn values_are_echoed_as_written() {
+    let got = |json: &str| errors(json).into_iter().next().unwrap_or_default();
+    let limit = |rate: &str, burst: &str| {
+        format!(r#"{{"limits": [{{"name": "a", "tokens_per_second": {rate}, "burst": {burst}}}]}}"#)
+    };
+    assert_eq!(got(&limit("1e10", "1")), "limits[0].tokens_per_second: must be > 0 and <= 1e9, got 1e10");
+    assert_eq!(got(&limit("-0.0", "1")), "limits[0].tokens_per_second: must be > 0 and <= 1e9, got -0.0");
+    assert_eq!(got(&limit("1", "1.50")), "limits[0].burst: must be a whole number, got 1.50");
+    assert_eq!(got(&limit("1", "2E9")), "limits[0].burst: must be <= 1000000000, got 2E9");
+    assert_eq!(got(&limit("1", "[1.0, \"\\u00e9\\n\"]")), "limits[0].burst: must be a number, got [1.0,\"é\\n\"]");
+    assert_eq!(
+        got(r#"{"classes": [{"name": "a", "reserve": 1.0000000000000002}]}"#),
+        "classes[0].reserve: must be between 0.0 and 1.0, got 1.0000000000000002"
+    );
+    // The values themselves are exact where a configuration needs them.
+    let p = policy(&limit("0.1", "3e2"));
+    assert_eq!((p.limits[0].tokens_per_second, p.limits[0].burst), (0.1, 300));
+    assert_eq!(p.limits[0].ns_per_token, 10_000_000_000);
+}
+
+#[test]
+fn the_reference_prose_is_not_what_the_parser_reads() {
+    assert_eq!(FIELD_PATHS.len(), REFERENCE.len());
+    assert!(FIELD_PATHS.iter().zip(REFERENCE).all(|(p, d)| *p == d.path));
 }

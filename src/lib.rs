@@ -16,6 +16,7 @@ pub mod bucket;
 pub mod classify;
 pub mod config;
 pub mod decision;
+pub mod json;
 pub mod keyhash;
 pub mod metrics;
 pub mod record;

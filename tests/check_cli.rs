@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! `./build.sh check FILE` (the `surgeguard-check` binary): the same messages as Envoy's log,
 //! exit 0 / 1; and the README's reference table is the one the parser uses.
 

@@ -269,7 +269,8 @@ fn requests_in_flight_stay_counted_across_a_reload() {
                  "concurrency": {{"max_in_flight": 2}}}}"#
         )
     };
-    let live = Live::start_with(&config(10), Duration::from_millis(1500), true);
+    // The upstream holds each request 4 s: long enough for the reload to land while both are in flight.
+    let live = Live::start_with(&config(10), Duration::from_millis(4000), true);
     // Two slow requests fill the in-flight limit.
     let port = live.port;
     let slow: Vec<_> =
@@ -283,6 +284,7 @@ fn requests_in_flight_stay_counted_across_a_reload() {
     let (ok, out) = live.apply(&config(20), true);
     assert!(ok, "{out}");
     // The new configuration still counts the two requests the old one admitted.
+    assert_eq!(live.upstream.stats.in_flight(), 2, "both still in flight after the reload");
     let reply = Conn::open(port).get("/third").expect("reply");
     assert_eq!(reply.status, 503, "shed: 2 already in flight");
     assert_eq!(reply.header("x-surgeguard"), Some("shed=in_flight; class=default"));

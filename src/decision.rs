@@ -10,13 +10,6 @@
 //! state is as if they never happened) and the decision is retried on fresh reads, at most
 //! [`MAX_ATTEMPTS`] times. Past that, or if the host refuses a storage call, the request is
 //! admitted without taking anything (fail open) and counted.
-//!
-//! Releases ride along: a stream's end only counts a pending release in its VM (no storage
-//! call), and the VM's next decision writes its pending releases into the record it writes
-//! anyway (a refusal writes the record just for them). A VM that decides nothing for a while
-//! writes them on its tick (`record::TICK_PERIOD_MS`). Until written, a release makes the
-//! shared count too high, never too low: the in-flight limit may shed early for that long but
-//! never admits past its maximum.
 
 use crate::bucket::{ceil_seconds, give_back, is_full, Bucket};
 use crate::classify::{classify, matches, RequestView};
@@ -39,8 +32,6 @@ pub struct Decision {
     pub refused: u64,
     /// Keyed limits whose key found no slot of its own and used the overflow bucket.
     pub overflowed: u64,
-    /// How many of the VM's pending releases this decision wrote (the caller stops holding them).
-    pub releases_written: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,16 +102,8 @@ impl Guard {
     }
 
     /// Decides one request at `now_ns`. In shadow mode the caller lets a refusal through; the
-    /// decision is the same, and a refusal takes nothing either way. `pending_releases`: streams
-    /// of this VM that ended since its last write; see the module comment.
-    pub fn decide(
-        &self,
-        req: &dyn RequestView,
-        now_ns: u64,
-        instance: u32,
-        pending_releases: u64,
-        store: &dyn SharedStore,
-    ) -> Decision {
+    /// decision is the same, and a refusal takes nothing either way.
+    pub fn decide(&self, req: &dyn RequestView, now_ns: u64, instance: u32, store: &dyn SharedStore) -> Decision {
         let class = classify(&self.policy, req);
         let mut applied = 0u64;
         for (i, l) in self.policy.limits.iter().enumerate() {
@@ -128,10 +111,9 @@ impl Guard {
                 applied |= 1 << i;
             }
         }
-        let mut decision =
-            Decision { class, verdict: Verdict::FailedOpen, applied, refused: 0, overflowed: 0, releases_written: 0 };
+        let mut decision = Decision { class, verdict: Verdict::FailedOpen, applied, refused: 0, overflowed: 0 };
         for _ in 0..MAX_ATTEMPTS {
-            match self.attempt(&mut decision, req, now_ns, instance, pending_releases, store) {
+            match self.attempt(&mut decision, req, now_ns, instance, store) {
                 Ok(Some(verdict)) => {
                     decision.verdict = verdict;
                     return decision;
@@ -140,7 +122,7 @@ impl Guard {
                 Err(StoreError) => break,
             }
         }
-        Decision { verdict: Verdict::FailedOpen, refused: 0, releases_written: 0, ..decision }
+        Decision { verdict: Verdict::FailedOpen, refused: 0, ..decision }
     }
 
     /// One try: `Ok(None)` if another worker changed something we read (retry).
@@ -150,23 +132,18 @@ impl Guard {
         req: &dyn RequestView,
         now_ns: u64,
         instance: u32,
-        pending_releases: u64,
         store: &dyn SharedStore,
     ) -> Result<Option<Verdict>, StoreError> {
         let concurrency = self.policy.concurrency.as_ref();
         let unkeyed_applied = bits(d.applied).any(|i| self.limit(i).is_some_and(|l| l.key == KeySource::Global));
         let mut record = None;
-        if unkeyed_applied || concurrency.is_some() || pending_releases > 0 {
+        if unkeyed_applied || concurrency.is_some() {
             let loaded = store.load(&self.record_key)?;
             let (bytes, version) = loaded.unzip();
-            let mut rec = Record::from_bytes(bytes.unwrap_or_default());
-            if pending_releases > 0 {
-                rec.release(instance, now_ns, pending_releases);
-            }
-            record = Some((rec, version));
+            record = Some((Record::from_bytes(bytes.unwrap_or_default()), version));
         }
 
-        // Evaluate every bucket on this snapshot; tokens are taken below, once all admit.
+        // Evaluate every bucket on this snapshot; a refusal writes nothing.
         let mut cells: Vec<Cell> = Vec::new();
         let mut worst: Option<(usize, u64)> = None;
         d.refused = 0;
@@ -187,12 +164,14 @@ impl Guard {
                 }
             };
             match bucket.take(tat_ns, now_ns) {
-                Ok(t) => {
-                    if let Some(mut cell) = cell {
+                Ok(t) => match (cell, &mut record) {
+                    (Some(mut cell), _) => {
                         cell.new_tat_ns = t.new_tat_ns;
                         cells.push(cell);
                     }
-                }
+                    (None, Some((rec, _))) => rec.set_bucket(id, t.new_tat_ns),
+                    (None, None) => {}
+                },
                 Err(r) => {
                     d.refused |= 1 << i;
                     let retry_after_s = r.wait_ns.map_or(limit.window_s, ceil_seconds);
@@ -203,25 +182,12 @@ impl Guard {
             }
         }
         if let Some((limit, retry_after_s)) = worst {
-            let rate_limited = Verdict::RateLimited { limit, retry_after_s };
-            return self.refuse(d, record, now_ns, instance, pending_releases, store, rate_limited);
+            return Ok(Some(Verdict::RateLimited { limit, retry_after_s }));
         }
         if let (Some(c), Some((rec, _))) = (concurrency, &mut record) {
             let class_max = c.class_max_in_flight.get(d.class).copied().unwrap_or(0);
             if !rec.acquire(instance, now_ns, class_max) {
-                let shed = Verdict::Shed { retry_after_s: c.retry_after_s };
-                return self.refuse(d, record, now_ns, instance, pending_releases, store, shed);
-            }
-        }
-        // Every bucket admits: take from the unkeyed ones in the record (the keyed ones' new
-        // states are in `cells`).
-        if let Some((rec, _)) = &mut record {
-            for i in bits(d.applied) {
-                let Some(limit) = self.limit(i).filter(|l| l.key == KeySource::Global) else { continue };
-                let id = self.bucket_ids.get(i).copied().unwrap_or(0);
-                if let Ok(t) = bucket_for(limit, d.class).take(rec.bucket(id), now_ns) {
-                    rec.set_bucket(id, t.new_tat_ns);
-                }
+                return Ok(Some(Verdict::Shed { retry_after_s: c.retry_after_s }));
             }
         }
 
@@ -241,33 +207,8 @@ impl Guard {
                 return Ok(None);
             }
             in_flight = concurrency.map(|_| rec.in_flight(now_ns));
-            d.releases_written = pending_releases;
         }
         Ok(Some(Verdict::Admitted { in_flight }))
-    }
-
-    /// A refusal takes nothing; it writes the record only to carry pending releases.
-    #[allow(clippy::too_many_arguments)]
-    fn refuse(
-        &self,
-        d: &mut Decision,
-        record: Option<(Record, Option<u32>)>,
-        now_ns: u64,
-        instance: u32,
-        pending_releases: u64,
-        store: &dyn SharedStore,
-        verdict: Verdict,
-    ) -> Result<Option<Verdict>, StoreError> {
-        if let (Some((mut rec, version)), true) = (record, pending_releases > 0) {
-            // `rec` holds the releases and, after a shed, nothing else: `acquire` refused
-            // without writing, and tokens are set only after every check passed.
-            rec.prune(now_ns, Some(instance));
-            if !store.compare_and_swap(&self.record_key, rec.as_bytes(), version)? {
-                return Ok(None);
-            }
-            d.releases_written = pending_releases;
-        }
-        Ok(Some(verdict))
     }
 
     fn limit(&self, i: usize) -> Option<&Limit> {
@@ -352,15 +293,21 @@ impl Guard {
         }
     }
 
-    /// Refreshes this VM's heartbeat and writes its `pending_releases` (streams that ended
-    /// since its last write). Returns the total in flight, or `None` if nothing was written
-    /// (storage failed or stayed contended: the releases stay pending, never lost).
-    pub fn heartbeat(&self, instance: u32, now_ns: u64, pending_releases: u64, store: &dyn SharedStore) -> Option<u64> {
-        if self.policy.concurrency.is_none() && pending_releases == 0 {
-            return None;
-        }
+    /// Releases the in-flight slot a request took. Returns the new total, or `None` if storage
+    /// failed (the slot then stays counted until this VM's entry expires; see `record`).
+    pub fn release(&self, instance: u32, now_ns: u64, store: &dyn SharedStore) -> Option<u64> {
+        self.update_record(store, now_ns, instance, |r| r.release(instance, now_ns))
+    }
+
+    /// Refreshes this VM's heartbeat and applies `late_releases`, releases that could not be
+    /// written when their streams ended (so a contended or failing store never leaks a slot).
+    /// Returns the total in flight, or `None` if nothing was written (retry next time).
+    pub fn heartbeat(&self, instance: u32, now_ns: u64, late_releases: u64, store: &dyn SharedStore) -> Option<u64> {
+        self.policy.concurrency.as_ref()?;
         self.update_record(store, now_ns, instance, |r| {
-            r.release(instance, now_ns, pending_releases);
+            for _ in 0..late_releases {
+                r.release(instance, now_ns);
+            }
             r.heartbeat(instance, now_ns);
         })
     }

@@ -20,19 +20,14 @@ fn get(path: &str) -> (Vec<u8>, Vec<u8>) {
 }
 
 fn decide_path(g: &Guard, path: &str, now: u64, store: &dyn SharedStore) -> Decision {
-    decide_as(g, path, now, 1, 0, store)
-}
-
-/// Decides as VM `instance` holding `pending` releases not yet written.
-fn decide_as(g: &Guard, path: &str, now: u64, instance: u32, pending: u64, store: &dyn SharedStore) -> Decision {
     let (method, path) = get(path);
     let headers: Vec<Option<Vec<u8>>> = vec![None; g.policy.header_names.len()];
-    g.decide(&Request::new(&method, &path, &headers, b"10.0.0.1"), now, instance, pending, store)
+    g.decide(&Request::new(&method, &path, &headers, b"10.0.0.1"), now, 1, store)
 }
 
 fn decide_key(g: &Guard, key: Option<&str>, now: u64, store: &dyn SharedStore) -> Decision {
     let headers = vec![key.map(|k| k.as_bytes().to_vec())];
-    g.decide(&Request { headers: &headers, ..Request::default() }, now, 1, 0, store)
+    g.decide(&Request { headers: &headers, ..Request::default() }, now, 1, store)
 }
 
 fn admitted(d: &Decision) -> bool {
@@ -108,7 +103,9 @@ fn in_flight_limit_sheds_past_the_class_maximum_and_release_frees() {
     assert!(admitted(&decide_path(&g, "/checkout", T0, &store)));
     assert!(admitted(&decide_path(&g, "/checkout", T0, &store)));
     assert_eq!(decide_path(&g, "/checkout", T0, &store).verdict, Verdict::Shed { retry_after_s: 2 });
-    assert_eq!(g.heartbeat(1, T0, 4, &store), Some(0), "the tick writes the four releases");
+    for _ in 0..4 {
+        g.release(1, T0, &store);
+    }
     assert_eq!(g.in_flight(T0, &store), Some(0));
 }
 
@@ -121,8 +118,10 @@ fn a_shed_request_takes_no_tokens() {
     assert!(admitted(&decide_path(&g, "/", T0, &store)));
     assert!(matches!(decide_path(&g, "/", T0, &store).verdict, Verdict::Shed { .. }));
     assert!(matches!(decide_path(&g, "/", T0, &store).verdict, Verdict::Shed { .. }));
-    assert!(admitted(&decide_as(&g, "/", T0, 1, 1, &store)), "the first request's release came along");
-    assert!(admitted(&decide_as(&g, "/", T0, 1, 1, &store)), "the two shed requests left the third token");
+    g.release(1, T0, &store);
+    assert!(admitted(&decide_path(&g, "/", T0, &store)));
+    g.release(1, T0, &store);
+    assert!(admitted(&decide_path(&g, "/", T0, &store)), "the two shed requests left the third token");
 }
 
 /// A store where another worker writes between a read and the next compare-and-swap.
@@ -188,9 +187,7 @@ impl SharedStore for BrokenStore {
 fn a_failing_host_store_fails_open() {
     let g = guard(TWO_CLASSES);
     assert_eq!(decide_path(&g, "/", T0, &BrokenStore).verdict, Verdict::FailedOpen);
-    let d = decide_as(&g, "/", T0, 1, 3, &BrokenStore);
-    assert_eq!((d.verdict, d.releases_written), (Verdict::FailedOpen, 0), "the releases stay pending");
-    assert_eq!(g.heartbeat(1, T0, 3, &BrokenStore), None);
+    assert_eq!(g.release(1, T0, &BrokenStore), None);
 }
 
 const PER_KEY: &str = r#"{"limits": [{"name": "k", "key": {"header": "x-api-key"}, "tokens_per_second": 1, "burst": 2, "max_keys": 64}]}"#;
@@ -255,7 +252,7 @@ fn a_refilled_bucket_gives_its_slot_to_a_new_key() {
 fn client_ip_keys_isolate_clients() {
     let g = guard(r#"{"limits": [{"name": "ip", "key": "client_ip", "tokens_per_second": 1, "burst": 1}]}"#);
     let store = MemoryStore::default();
-    let from = |ip: &[u8]| g.decide(&Request { client_ip: ip, ..Request::default() }, T0, 1, 0, &store);
+    let from = |ip: &[u8]| g.decide(&Request { client_ip: ip, ..Request::default() }, T0, 1, &store);
     assert!(admitted(&from(b"10.0.0.1")));
     assert!(!admitted(&from(b"10.0.0.1")));
     assert!(admitted(&from(b"10.0.0.2")));
@@ -327,62 +324,13 @@ fn an_unchanged_limit_keeps_its_state_across_a_reload() {
 }
 
 #[test]
-fn a_pending_release_rides_on_the_next_admission() {
+fn a_release_that_could_not_be_written_is_applied_by_the_next_heartbeat() {
     let g = guard(r#"{"concurrency": {"max_in_flight": 2}}"#);
     let store = MemoryStore::default();
     assert!(admitted(&decide_path(&g, "/", T0, &store)));
     assert!(admitted(&decide_path(&g, "/", T0, &store)));
-    assert!(!admitted(&decide_path(&g, "/", T0, &store)), "both slots are held");
-    let d = decide_as(&g, "/", T0, 1, 1, &store);
-    assert_eq!((d.verdict, d.releases_written), (Verdict::Admitted { in_flight: Some(2) }, 1));
-    assert_eq!(g.in_flight(T0, &store), Some(2));
-}
-
-#[test]
-fn a_refusal_still_writes_pending_releases_and_takes_nothing() {
-    let g = guard(
-        r#"{"limits": [{"name": "g", "tokens_per_second": 1, "burst": 1}], "concurrency": {"max_in_flight": 2}}"#,
-    );
-    let store = MemoryStore::default();
-    assert!(admitted(&decide_path(&g, "/", T0, &store)));
-    let d = decide_as(&g, "/", T0, 1, 1, &store);
-    assert!(matches!(d.verdict, Verdict::RateLimited { .. }));
-    assert_eq!(d.releases_written, 1);
-    assert_eq!(g.in_flight(T0, &store), Some(0));
-    assert!(admitted(&decide_path(&g, "/", T0 + NS_PER_S, &store)), "the refusal took no token");
-}
-
-#[test]
-fn a_shed_writes_pending_releases_so_the_next_request_is_admitted() {
-    let g = guard(r#"{"concurrency": {"max_in_flight": 1}}"#);
-    let store = MemoryStore::default();
-    assert!(admitted(&decide_as(&g, "/", T0, 2, 0, &store)), "VM 2 holds the only slot");
-    let d = decide_as(&g, "/", T0, 1, 0, &store);
-    assert_eq!((d.verdict, d.releases_written), (Verdict::Shed { retry_after_s: 1 }, 0));
-    // VM 2's stream ended; its next request (shed or not) writes the release first.
-    let d = decide_as(&g, "/", T0, 2, 1, &store);
-    assert_eq!((d.verdict, d.releases_written), (Verdict::Admitted { in_flight: Some(1) }, 1));
-}
-
-#[test]
-fn another_vms_unwritten_release_only_ever_sheds_early() {
-    let g = guard(r#"{"concurrency": {"max_in_flight": 1}}"#);
-    let store = MemoryStore::default();
-    assert!(admitted(&decide_as(&g, "/", T0, 2, 0, &store)));
-    // VM 2's stream has ended but VM 2 has not written since: VM 1 still sees the slot held.
-    assert!(!admitted(&decide_as(&g, "/", T0, 1, 0, &store)));
-    assert_eq!(g.heartbeat(2, T0 + 100 * MS, 1, &store), Some(0), "VM 2's tick writes it");
-    assert!(admitted(&decide_as(&g, "/", T0 + 100 * MS, 1, 0, &store)));
-}
-
-#[test]
-fn releases_left_from_a_policy_without_in_flight_limit_are_still_written() {
-    let with = guard(r#"{"concurrency": {"max_in_flight": 1}}"#);
-    let without = guard(r#"{"limits": [{"name": "g", "key": "client_ip", "tokens_per_second": 9, "burst": 9}]}"#);
-    let store = MemoryStore::default();
-    assert!(admitted(&decide_path(&with, "/", T0, &store)));
-    // A reload dropped the in-flight limit while the request was in flight; it ends now.
-    let d = decide_as(&without, "/", T0, 1, 1, &store);
-    assert_eq!(d.releases_written, 1);
-    assert!(admitted(&decide_path(&with, "/", T0, &store)), "the slot came back");
+    assert_eq!(g.release(1, T0, &BrokenStore), None, "storage refused the release");
+    assert!(!admitted(&decide_path(&g, "/", T0, &store)), "the slot is still counted");
+    assert_eq!(g.heartbeat(1, T0 + MS, 1, &store), Some(1));
+    assert!(admitted(&decide_path(&g, "/", T0 + MS, &store)));
 }

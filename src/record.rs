@@ -22,11 +22,8 @@ use crate::store::read_u64;
 
 /// An entry not refreshed for this long belongs to a VM that is gone.
 pub const LEASE_NS: u64 = 10 * NS_PER_S;
-/// How often each VM refreshes its heartbeat even when idle.
+/// How often each VM refreshes its heartbeat (and flushes its counters) even when idle.
 pub const HEARTBEAT_PERIOD_MS: u64 = 1_000;
-/// How often each VM's tick runs: it writes releases no request of its own has carried yet
-/// (see `decision`), so a stream's end reaches the shared count within this time at worst.
-pub const TICK_PERIOD_MS: u64 = 100;
 
 const ENTRY_BYTES: usize = 24;
 const IN_FLIGHT_TAG: u64 = 1 << 63;
@@ -143,10 +140,10 @@ impl Record {
         true
     }
 
-    /// Returns `n` slots this instance took; never below zero.
-    pub fn release(&mut self, instance: u32, now_ns: u64, n: u64) {
+    /// Returns a slot this instance took; never below zero.
+    pub fn release(&mut self, instance: u32, now_ns: u64) {
         let (count, heartbeat) = self.own_count(instance, now_ns);
-        self.set_own(instance, count.saturating_sub(n), heartbeat, now_ns);
+        self.set_own(instance, count.saturating_sub(1), heartbeat, now_ns);
     }
 
     /// Refreshes this instance's heartbeat (periodic, so an idle worker keeps its entry).
@@ -188,8 +185,9 @@ mod tests {
         for _ in 0..5 {
             r.acquire(7, T0, 10);
         }
-        r.release(7, T0, 2);
-        r.release(7, T0, 4);
+        for _ in 0..6 {
+            r.release(7, T0);
+        }
         assert_eq!(r.in_flight(T0), 0);
     }
 

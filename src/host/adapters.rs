@@ -38,8 +38,8 @@ impl SharedStore for HostStore {
 
 /// Metric ids, defined once per configuration, and counts not yet handed to Envoy.
 ///
-/// Counting is per VM and flushed on the root's tick (every 100 ms): one host call per counter
-/// per tick instead of several per request. Counts are exact, at most a tick late. An id of
+/// Counting is per VM and flushed on the root's tick (every second): one host call per counter
+/// per second instead of several per request. Counts are exact, at most a second late. An id of
 /// `None` (the host refused to define it) makes that counter a no-op rather than a failure.
 #[derive(Default)]
 pub struct Metrics {

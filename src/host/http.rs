@@ -24,11 +24,14 @@ impl RequestFilter {
         RequestFilter { active, holds_in_flight_slot: false }
     }
 
-    /// Counts the release; this VM's next decision or tick writes it (no host call here).
     fn release_in_flight_slot(&mut self) {
         if std::mem::take(&mut self.holds_in_flight_slot) {
-            let pending = &self.active.pending_releases;
-            pending.set(pending.get() + 1);
+            let a = &self.active;
+            match a.guard.release(a.instance, now_ns(), &HostStore) {
+                Some(total) => a.metrics.set_in_flight(total),
+                // Never dropped: the root's next tick applies it.
+                None => a.late_releases.set(a.late_releases.get() + 1),
+            }
         }
     }
 }
@@ -98,9 +101,7 @@ impl HttpContext for RequestFilter {
         let active = Rc::clone(&self.active);
         let policy = &active.guard.policy;
         let req = HostRequest::new(&policy.header_names);
-        let pending = &active.pending_releases;
-        let decision = active.guard.decide(&req, now_ns(), active.instance, pending.get(), &HostStore);
-        pending.set(pending.get().saturating_sub(decision.releases_written));
+        let decision = active.guard.decide(&req, now_ns(), active.instance, &HostStore);
         for_each_counter(policy, &decision, |i| active.metrics.bump(i));
         if let Verdict::Admitted { in_flight: Some(total) } = decision.verdict {
             self.holds_in_flight_slot = true;

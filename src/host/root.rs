@@ -4,12 +4,12 @@
 use super::adapters::{define, now_ns, HostStore, Metrics};
 use super::http::RequestFilter;
 use crate::decision::Guard;
-use crate::record::{HEARTBEAT_PERIOD_MS, TICK_PERIOD_MS};
+use crate::record::HEARTBEAT_PERIOD_MS;
 use crate::store::{read_u64, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MetricType};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -18,36 +18,19 @@ pub struct Active {
     pub guard: Guard,
     pub metrics: Metrics,
     pub instance: u32,
-    /// Streams of this plugin in this VM that ended and whose in-flight slots are not yet
-    /// written back (see `decision`). Shared with the configurations before and after a
-    /// reload: a request admitted under one may end under the next.
-    pub pending_releases: Rc<Cell<u64>>,
+    /// Releases that storage refused when their streams ended; applied on the next tick.
+    pub late_releases: Cell<u64>,
 }
 
 #[derive(Default)]
 pub struct SurgeguardRoot {
     active: Option<Rc<Active>>,
     config_rejected: Option<u32>,
-    last_heartbeat_ns: u64,
 }
 
 thread_local! {
     /// This VM's id in the in-flight table; 0 until allocated. A restarted VM gets a new one.
     static INSTANCE: Cell<u32> = const { Cell::new(0) };
-    /// Pending releases per plugin (by storage namespace), for as long as the VM lives, so a
-    /// new root context for the same plugin picks up what the old one's requests left.
-    static PENDING_RELEASES: RefCell<Vec<(String, Rc<Cell<u64>>)>> = const { RefCell::new(Vec::new()) };
-}
-
-fn pending_releases_of(namespace: &str) -> Rc<Cell<u64>> {
-    PENDING_RELEASES.with_borrow_mut(|all| {
-        if let Some((_, pending)) = all.iter().find(|(n, _)| n == namespace) {
-            return Rc::clone(pending);
-        }
-        let pending = Rc::new(Cell::new(0));
-        all.push((namespace.to_string(), Rc::clone(&pending)));
-        pending
-    })
 }
 
 const INSTANCE_COUNTER_KEY: &str = "surgeguard/instances";
@@ -128,13 +111,12 @@ impl RootContext for SurgeguardRoot {
             }
         };
         let namespace = format!("surgeguard/{}", plugin_name());
-        let pending_releases = pending_releases_of(&namespace);
         let guard = Guard::new(policy, &namespace, shared_seed());
         let names = crate::metrics::counter_names(&guard.policy);
         let metrics = Metrics::new(&names, guard.policy.concurrency.as_ref().map(|c| c.max_in_flight));
         let instance = instance_id();
-        // The tick flushes counters, writes pending releases and keeps this VM's entry alive.
-        let _ = hostcalls::set_tick_period(Duration::from_millis(TICK_PERIOD_MS));
+        // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive.
+        let _ = hostcalls::set_tick_period(Duration::from_millis(HEARTBEAT_PERIOD_MS));
         log::info!(
             "surgeguard: configuration accepted: mode {:?}, {} classes, {} rules, {} limits, in-flight limit {}",
             guard.policy.mode,
@@ -143,25 +125,22 @@ impl RootContext for SurgeguardRoot {
             guard.policy.limits.len(),
             guard.policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string())
         );
-        if let Some(previous) = self.active.replace(Rc::new(Active { guard, metrics, instance, pending_releases })) {
+        if let Some(previous) =
+            self.active.replace(Rc::new(Active { guard, metrics, instance, late_releases: Cell::new(0) }))
+        {
             previous.metrics.flush();
         }
         true
     }
 
     fn on_tick(&mut self) {
-        let Some(a) = &self.active else { return };
-        let now = now_ns();
-        let pending = a.pending_releases.get();
-        let heartbeat_due = now.saturating_sub(self.last_heartbeat_ns) >= HEARTBEAT_PERIOD_MS * 1_000_000;
-        if pending > 0 || heartbeat_due {
-            if let Some(total) = a.guard.heartbeat(a.instance, now, pending, &HostStore) {
-                a.pending_releases.set(a.pending_releases.get().saturating_sub(pending));
+        if let Some(a) = &self.active {
+            if let Some(total) = a.guard.heartbeat(a.instance, now_ns(), a.late_releases.get(), &HostStore) {
+                a.late_releases.set(0);
                 a.metrics.set_in_flight(total);
-                self.last_heartbeat_ns = now;
             }
+            a.metrics.flush();
         }
-        a.metrics.flush();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -312,6 +312,18 @@ impl Guard {
         })
     }
 
+    /// Creates the record if it was never written. Envoy's shared data has no atomic create (a
+    /// write to a missing key always succeeds), so two workers making their first decisions at
+    /// once could each write the record over the other's take. Called when a configuration is
+    /// accepted (first on the main thread, before workers start), so every decision finds the
+    /// record and writes it by compare-and-swap.
+    pub fn create_record(&self, store: &dyn SharedStore) -> Result<(), StoreError> {
+        if store.load(&self.record_key)?.is_none() {
+            store.compare_and_swap(&self.record_key, &[], None)?;
+        }
+        Ok(())
+    }
+
     /// Requests in flight now, as stored (a read, for tests and tools).
     pub fn in_flight(&self, now_ns: u64, store: &dyn SharedStore) -> Option<u64> {
         let (bytes, _) = store.load(&self.record_key).ok()?.unzip();

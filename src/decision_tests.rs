@@ -334,3 +334,41 @@ fn a_release_that_could_not_be_written_is_applied_by_the_next_heartbeat() {
     assert_eq!(g.heartbeat(1, T0 + MS, 1, &store), Some(1));
     assert!(admitted(&decide_path(&g, "/", T0 + MS, &store)));
 }
+
+/// Worker 2 makes a whole decision between worker 1's read of the record and its write.
+struct InterleavingStore<'a> {
+    inner: &'a MemoryStore,
+    guard: &'a Guard,
+    interfere: Cell<bool>,
+}
+
+impl SharedStore for InterleavingStore<'_> {
+    fn load(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        let loaded = self.inner.load(key);
+        if self.interfere.take() {
+            let (method, path) = get("/");
+            self.guard.decide(&Request::new(&method, &path, &[], b"10.0.0.2"), T0, 2, self.inner);
+        }
+        loaded
+    }
+    fn compare_and_swap(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<bool, StoreError> {
+        self.inner.compare_and_swap(key, value, version)
+    }
+}
+
+#[test]
+fn a_record_created_at_configuration_keeps_two_first_decisions_exact() {
+    let g = guard(r#"{"concurrency": {"max_in_flight": 10}}"#);
+    // Without it, both workers find no record and the later unconditional write wins.
+    let store = MemoryStore::default();
+    let racing = InterleavingStore { inner: &store, guard: &g, interfere: Cell::new(true) };
+    assert!(admitted(&decide_path(&g, "/", T0, &racing)));
+    assert_eq!(g.in_flight(T0, &store), Some(1), "one of the two slots was written over");
+    // With it, the later write is a compare-and-swap that loses, retries and counts both.
+    let store = MemoryStore::default();
+    g.create_record(&store).unwrap();
+    g.create_record(&store).unwrap();
+    let racing = InterleavingStore { inner: &store, guard: &g, interfere: Cell::new(true) };
+    assert!(admitted(&decide_path(&g, "/", T0, &racing)));
+    assert_eq!(g.in_flight(T0, &store), Some(2));
+}

@@ -21,8 +21,9 @@ pub struct HostStore;
 impl SharedStore for HostStore {
     fn load(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         match hostcalls::get_shared_data(key) {
-            Ok((Some(bytes), Some(version))) => Ok(Some((bytes, version))),
-            Ok(_) => Ok(None),
+            // An empty value comes back without bytes but with its version: it exists.
+            Ok((bytes, Some(version))) => Ok(Some((bytes.unwrap_or_default(), version))),
+            Ok((_, None)) => Ok(None),
             Err(_) => Err(StoreError),
         }
     }

@@ -112,6 +112,8 @@ impl RootContext for SurgeguardRoot {
         };
         let namespace = format!("surgeguard/{}", plugin_name());
         let guard = Guard::new(policy, &namespace, shared_seed());
+        // Failing here is not fatal: a decision that finds no record still works (see there).
+        let _ = guard.create_record(&HostStore);
         let names = crate::metrics::counter_names(&guard.policy);
         let metrics = Metrics::new(&names, guard.policy.concurrency.as_ref().map(|c| c.max_in_flight));
         let instance = instance_id();

@@ -15,6 +15,7 @@
 //! case) and `upstream` (proxied to a local upstream, as in production).
 
 use std::path::Path;
+use surgeguard_harness::envoy::{bootstrap_yaml, upstream_cluster_yaml};
 
 /// The surgeguard arm's plugin configuration.
 pub const STOREFRONT_ADMIT_ALL: &str = include_str!("../configs/storefront-admit-all.json");
@@ -158,49 +159,9 @@ pub fn bootstrap(filter: &Filter, variant: Variant, upstream_port: u16) -> Strin
     };
     let clusters = match variant {
         Variant::DirectResponse => String::new(),
-        Variant::Upstream => format!(
-            r#"  clusters:
-  - name: upstream
-    connect_timeout: 1s
-    type: STATIC
-    circuit_breakers:
-      thresholds: [{{ max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 }}]
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }}
-"#
-        ),
+        Variant::Upstream => upstream_cluster_yaml(upstream_port),
     };
-    format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: bench
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          use_remote_address: true
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                {route}
-          http_filters:
-{filter}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-{clusters}"#,
-        filter = filter_yaml(filter),
-    )
+    bootstrap_yaml("bench", "", &route, &filter_yaml(filter), &clusters)
 }
 
 /// A JSON string literal is a valid YAML double-quoted scalar.

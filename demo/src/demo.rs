@@ -251,13 +251,9 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<Demo, String> {
     let backend = if model.is_some() { "embedded model" } else { "PostgreSQL" };
     let version = envoy_version();
     let settings = format!(
-        "{:.0} s per run: {:.0} s calm at {:.0} requests/s, a {:.0} s surge to {}x, {:.0} s recovery; {} requests per run, the same in both. Database tier: {backend}, a pool of {} connections, pool-wait timeout {} ms. Envoy {version}, {ENVOY_WORKERS} workers, {}.",
+        "{:.0} s per run: {}; {} requests per run, the same in both. Database tier: {backend}, a pool of {} connections, pool-wait timeout {} ms. Envoy {version}, {ENVOY_WORKERS} workers, {}.",
         plan.duration_s,
-        plan.surge_start_s(),
-        plan.calm_rate_per_s,
-        plan.surge_end_s() - plan.surge_start_s(),
-        plan.surge,
-        plan.duration_s - plan.surge_end_s(),
+        plan.phases(),
         arrivals.len(),
         o.pool_size,
         o.pool_wait_ms,

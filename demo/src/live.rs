@@ -541,13 +541,9 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<LiveDemo, String> {
     let model = o.database_url.is_none().then(Contention::default);
     let version = demo::envoy_version();
     let settings = format!(
-        "One run with surgeguard configured over ECDS: {:.0} s of traffic ({:.0} s calm at {:.0} requests/s, a {:.0} s surge to {}x, {:.0} s recovery; {} requests). The first configuration is {INITIAL_CONFIG}; at {:.1} s, halfway through the surge, {HELPER} changed {}. Database tier: {}, a pool of {} connections. Envoy {version}, {ENVOY_WORKERS} workers, {BOOTSTRAP} (a temporary copy).",
+        "One run with surgeguard configured over ECDS: {:.0} s of traffic ({}; {} requests). The first configuration is {INITIAL_CONFIG}; at {:.1} s, halfway through the surge, {HELPER} changed {}. Database tier: {}, a pool of {} connections. Envoy {version}, {ENVOY_WORKERS} workers, {BOOTSTRAP} (a temporary copy).",
         plan.duration_s,
-        plan.surge_start_s(),
-        plan.calm_rate_per_s,
-        plan.surge_end_s() - plan.surge_start_s(),
-        plan.surge,
-        plan.duration_s - plan.surge_end_s(),
+        plan.phases(),
         arrivals.len(),
         change.due_s,
         change.what(),

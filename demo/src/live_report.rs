@@ -5,7 +5,8 @@
 use crate::live::{Change, Window, LIMIT};
 use crate::outcome::Verdict;
 use crate::report::{
-    db_points, escape, legend, nice_ceil, per_second, Panel, FAILED, LEFT, PANEL_H, REFUSED, SERVED, TOP, W, WITH,
+    claims_html, db_points, escape, legend, nice_ceil, per_second, Panel, FAILED, LEFT, PANEL_H, REFUSED, SERVED, TOP,
+    W, WITH,
 };
 use crate::schedule::Plan;
 use crate::summary::{Claim, Run};
@@ -196,15 +197,7 @@ code{background:#f3f3f3;padding:0 3px}svg{max-width:100%;height:auto}
         c.filter_log.as_ref().map_or(String::new(), |l| format!(" The filter logged: <code>{}</code>", escape(l)))
     );
     h.push_str("<h2>What the run shows</h2>\n<ul>\n");
-    for c in claims {
-        let (class, mark) = if c.holds { ("ok", "✔") } else { ("no", "✘ does not hold:") };
-        let _ = writeln!(
-            h,
-            r#"<li><span class="{class}">{mark}</span> {} — {}</li>"#,
-            escape(&c.claim),
-            escape(&c.evidence)
-        );
-    }
+    claims_html(&mut h, claims);
     h.push_str("</ul>\n<h2>Before and after the change, per second</h2>\n");
     let _ = writeln!(h, "<pre>{}</pre>", escape(table));
     h.push_str(

@@ -1,8 +1,10 @@
 //! `./build.sh demo`: replays the postmortem's surge without and with surgeguard, prints the
 //! table and writes `dist/demo/summary.json` and `dist/demo/report.html`.
 
+use std::path::PathBuf;
 use surgeguard_demo::cli::{self, Command, USAGE};
 use surgeguard_demo::demo::{self, INTERRUPTED};
+use surgeguard_demo::summary::Claim;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,27 +31,8 @@ fn main() {
         return;
     }
     match demo::run(&options, &cancel) {
-        Ok(d) => {
-            println!();
-            print!("{}", d.table);
-            println!();
-            for c in &d.claims {
-                let mark = if c.holds { "ok " } else { "NOT" };
-                println!("[{mark}] {}: {}", c.claim, c.evidence);
-            }
-            println!();
-            for p in &d.written {
-                println!("wrote {}", p.display());
-            }
-        }
-        Err(e) if e == INTERRUPTED => {
-            eprintln!("demo: interrupted; Envoy and the storefront are stopped");
-            std::process::exit(130);
-        }
-        Err(e) => {
-            eprintln!("demo: {e}");
-            std::process::exit(1);
-        }
+        Ok(d) => print_outcome(&d.table, &d.claims, &d.written),
+        Err(e) => exit_with(&e),
     }
 }
 
@@ -72,25 +55,32 @@ fn live(options: &cli::Options, cancel: &std::sync::Arc<std::sync::atomic::Atomi
             if let Some(l) = &c.filter_log {
                 println!("the filter logged: {l}");
             }
-            println!();
-            print!("{}", d.table);
-            println!();
-            for c in &d.claims {
-                let mark = if c.holds { "ok " } else { "NOT" };
-                println!("[{mark}] {}: {}", c.claim, c.evidence);
-            }
-            println!();
-            for p in &d.written {
-                println!("wrote {}", p.display());
-            }
+            print_outcome(&d.table, &d.claims, &d.written);
         }
-        Err(e) if e == INTERRUPTED => {
-            eprintln!("demo: interrupted; Envoy and the storefront are stopped");
-            std::process::exit(130);
-        }
-        Err(e) => {
-            eprintln!("demo: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => exit_with(&e),
     }
+}
+
+/// The table, each claim marked as holding or not, and the files written.
+fn print_outcome(table: &str, claims: &[Claim], written: &[PathBuf]) {
+    println!();
+    print!("{table}");
+    println!();
+    for c in claims {
+        let mark = if c.holds { "ok " } else { "NOT" };
+        println!("[{mark}] {}: {}", c.claim, c.evidence);
+    }
+    println!();
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+}
+
+fn exit_with(e: &str) -> ! {
+    if e == INTERRUPTED {
+        eprintln!("demo: interrupted; Envoy and the storefront are stopped");
+        std::process::exit(130);
+    }
+    eprintln!("demo: {e}");
+    std::process::exit(1);
 }

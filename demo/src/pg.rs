@@ -8,6 +8,7 @@
 
 use crate::db::Query;
 use crate::rng::mix;
+use crate::traffic::SEARCH_WORDS;
 use tokio_postgres::{Client, NoTls};
 
 const PRODUCTS: i32 = 50_000;
@@ -51,21 +52,6 @@ FROM generate_series(1, 50000) g
 ON CONFLICT (id) DO NOTHING;
 ANALYZE surgeguard_demo_products;
 ";
-
-const SEARCH_WORDS: [&str; 12] = [
-    "shoes",
-    "jacket",
-    "lamp",
-    "coffee",
-    "headphones",
-    "backpack",
-    "sofa",
-    "kettle",
-    "watch",
-    "tent",
-    "keyboard",
-    "mug",
-];
 
 pub struct Postgres {
     clients: Vec<Client>,

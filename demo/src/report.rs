@@ -257,6 +257,19 @@ pub fn svg(f: &Figure) -> String {
 }
 
 /// The HTML page: claims, the table, the figure, how to read them.
+/// One `<li>` per claim, marked as holding or not.
+pub fn claims_html(h: &mut String, claims: &[Claim]) {
+    for c in claims {
+        let (class, mark) = if c.holds { ("ok", "✔") } else { ("no", "✘ does not hold:") };
+        let _ = writeln!(
+            h,
+            r#"<li><span class="{class}">{mark}</span> {} — {}</li>"#,
+            escape(&c.claim),
+            escape(&c.evidence)
+        );
+    }
+}
+
 pub fn html(f: &Figure, claims: &[Claim], settings: &str) -> String {
     let mut h = String::from(
         r#"<!doctype html>
@@ -274,15 +287,7 @@ code{background:#f3f3f3;padding:0 3px}svg{max-width:100%;height:auto}
     );
     let _ = writeln!(h, "<p>{}</p>", escape(settings));
     h.push_str("<h2>What the runs show</h2>\n<ul>\n");
-    for c in claims {
-        let (class, mark) = if c.holds { ("ok", "✔") } else { ("no", "✘ does not hold:") };
-        let _ = writeln!(
-            h,
-            r#"<li><span class="{class}">{mark}</span> {} — {}</li>"#,
-            escape(&c.claim),
-            escape(&c.evidence)
-        );
-    }
+    claims_html(&mut h, claims);
     h.push_str("</ul>\n<h2>Per traffic kind</h2>\n<table>\n");
     h.push_str(r#"<tr><th></th><th></th><th class="sep" colspan="5">without surgeguard</th><th class="sep" colspan="5">with surgeguard</th></tr>"#);
     h.push_str("\n<tr><th>kind</th><th>offered</th>");

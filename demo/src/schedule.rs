@@ -66,6 +66,18 @@ impl Plan {
         self.duration_s * (CALM_SHARE + SURGE_SHARE)
     }
 
+    /// The phases in words: "20 s calm at 10 requests/s, a 10 s surge to 6x, 10 s recovery".
+    pub fn phases(&self) -> String {
+        format!(
+            "{:.0} s calm at {:.0} requests/s, a {:.0} s surge to {}x, {:.0} s recovery",
+            self.surge_start_s(),
+            self.calm_rate_per_s,
+            self.surge_end_s() - self.surge_start_s(),
+            self.surge,
+            self.duration_s - self.surge_end_s(),
+        )
+    }
+
     pub fn phase_at(&self, t_s: f64) -> Phase {
         if t_s < self.surge_start_s() {
             Phase::Calm

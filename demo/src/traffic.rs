@@ -51,7 +51,8 @@ pub const CART_WRITE_SHARE: f64 = 1.0 / 3.0;
 
 const PRODUCTS: u64 = 5_000;
 const SESSIONS: u64 = 20_000;
-const SEARCH_WORDS: [&str; 12] = [
+/// What search requests look for (the PostgreSQL backend's products carry the same words).
+pub const SEARCH_WORDS: [&str; 12] = [
     "shoes",
     "jacket",
     "lamp",

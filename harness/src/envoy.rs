@@ -85,19 +85,30 @@ impl Bootstrap {
                 json = json_string(json),
             ),
         };
-        format!(
-            r#"admin:
+        let route = format!("route: {{ cluster: upstream, timeout: {} }}", self.route_timeout);
+        let filters = format!("{wasm_filter}{}", self.extra_filters);
+        bootstrap_yaml("main", STATS_TAGS, &route, &filters, &upstream_cluster_yaml(self.upstream_port))
+    }
+}
+
+/// A bootstrap with its admin and one listener on 127.0.0.1 port 0 (the OS picks): every request
+/// runs `http_filters` (YAML list items, indented as below), then the router, which takes
+/// `route` (a route action: `route: {...}` or `direct_response: {...}`). `before_resources`
+/// (e.g. [`STATS_TAGS`]) and `clusters` are top-level YAML placed around the listener.
+pub fn bootstrap_yaml(name: &str, before_resources: &str, route: &str, http_filters: &str, clusters: &str) -> String {
+    format!(
+        r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-{STATS_TAGS}static_resources:
+{before_resources}static_resources:
   listeners:
-  - name: main
+  - name: {name}
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
+          stat_prefix: {name}
           use_remote_address: true
           route_config:
             virtual_hosts:
@@ -105,12 +116,20 @@ impl Bootstrap {
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream, timeout: {timeout} }}
+                {route}
           http_filters:
-{wasm_filter}{extra}          - name: envoy.filters.http.router
+{http_filters}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
+{clusters}"#
+    )
+}
+
+/// The `clusters:` section (under `static_resources`) for one upstream on 127.0.0.1, with
+/// circuit breakers raised out of the way of any load a test or benchmark makes.
+pub fn upstream_cluster_yaml(port: u16) -> String {
+    format!(
+        r#"  clusters:
   - name: upstream
     connect_timeout: 1s
     type: STATIC
@@ -120,13 +139,9 @@ impl Bootstrap {
       cluster_name: upstream
       endpoints:
       - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}
-"#,
-            timeout = self.route_timeout,
-            extra = self.extra_filters,
-            upstream = self.upstream_port,
-        )
-    }
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+"#
+    )
 }
 
 /// Prometheus labels `class` and `limit` for surgeguard's metrics, as in the shipped configs.

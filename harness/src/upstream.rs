@@ -11,13 +11,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A request as the upstream received it: method, path and headers.
+pub type ReceivedRequest = (String, String, Vec<(String, Vec<u8>)>);
+
 #[derive(Default, Debug)]
 pub struct UpstreamStats {
     pub requests: AtomicU64,
     pub in_flight: AtomicU64,
     pub peak_in_flight: AtomicU64,
-    /// The last request seen: method, path and headers, as received.
-    pub last_request: Mutex<Option<(String, String, Vec<(String, Vec<u8>)>)>>,
+    /// The last request seen.
+    pub last_request: Mutex<Option<ReceivedRequest>>,
 }
 
 impl UpstreamStats {

@@ -61,6 +61,27 @@ ensure_envoy() {
   export ENVOY_BIN
 }
 
+# Keeps only the exports listed in src/host/exports.txt (why: see there).
+prune_exports() {
+  if ! command -v wasm-metadce >/dev/null 2>&1; then
+    say "wasm-metadce unavailable: keeping every export of the SDK"
+    cp "$1" "$2"
+    return
+  fi
+  local graph=target/exports-graph.json
+  grep -v -e '^#' -e '^[[:space:]]*$' src/host/exports.txt | awk '
+    { name[NR] = $1 }
+    END {
+      printf "[{\"name\": \"envoy\", \"root\": true, \"reaches\": ["
+      for (i = 1; i <= NR; i++) printf "%s\"%s\"", (i > 1 ? ", " : ""), name[i]
+      printf "]}"
+      for (i = 1; i <= NR; i++) printf ",\n{\"name\": \"%s\", \"export\": \"%s\"}", name[i], name[i]
+      print "]"
+    }' >"$graph"
+  # It lists what it removed on stdout.
+  wasm-metadce -all -q "$1" -f "$graph" -o "$2" >/dev/null || die "wasm-metadce failed on $1"
+}
+
 build() {
   ensure_targets
   ensure_apt wasm-opt binaryen || say "wasm-opt unavailable: shipping the unoptimised module"
@@ -69,8 +90,9 @@ build() {
   mkdir -p dist
   local out=target/wasm32-wasip1/release/surgeguard.wasm
   if command -v wasm-opt >/dev/null 2>&1; then
+    prune_exports "$out" target/surgeguard.pruned.wasm
     # Debian's binaryen (108) must be told the features rustc emits: -all.
-    wasm-opt -all -O3 --strip-debug --strip-producers "$out" -o dist/surgeguard.wasm
+    wasm-opt -all -O3 --strip-debug --strip-producers target/surgeguard.pruned.wasm -o dist/surgeguard.wasm
   else
     cp "$out" dist/surgeguard.wasm
   fi

@@ -84,14 +84,19 @@ fn run_one(tool: &Path, module: &Path, root_id: &str, config: Option<&Path>) -> 
     serde_json::from_str(&out).map_err(|e| format!("hostcalls output: {e}"))
 }
 
+/// The callbacks Envoy makes when a stream ends (a module may export any of them).
+const STREAM_END_CALLBACKS: [&str; 3] = ["proxy_on_log", "proxy_on_done", "proxy_on_delete"];
+
 /// The summary row of one profiled module/configuration.
 pub fn row(name: &str, v: &Value) -> Value {
     let p = &v["per_request"];
+    let at_stream_end: f64 = STREAM_END_CALLBACKS.iter().filter_map(|cb| p["wasm_instructions"][cb].as_f64()).sum();
     json!({
         "name": name,
         "wasm_instructions": p["wasm_instructions_total"],
+        "callbacks_into_module": p["callbacks_into_module"],
         "wasm_instructions_on_request_headers": p["wasm_instructions"]["proxy_on_request_headers"],
-        "wasm_instructions_on_log": p["wasm_instructions"]["proxy_on_log"],
+        "wasm_instructions_at_stream_end": at_stream_end,
         "host_calls": p["host_calls_total"],
         "shared_data_reads": p["shared_data_reads"],
         "shared_data_writes": p["shared_data_writes"],
@@ -149,10 +154,13 @@ mod tests {
     fn a_row_reads_the_per_request_figures() {
         let v = json!({"per_request": {"wasm_instructions_total": 63091.0, "host_calls_total": 17.0,
             "shared_data_reads": 5.0, "shared_data_writes": 5.0, "host_allocations": 10.0,
-            "wasm_instructions": {"proxy_on_request_headers": 53263.0, "proxy_on_log": 6173.0},
+            "callbacks_into_module": 3.0,
+            "wasm_instructions": {"proxy_on_request_headers": 53263.0, "proxy_on_log": 6173.0, "proxy_on_delete": 741.0},
             "host_calls": {"proxy_get_shared_data": 5.0}}});
         let r = row("surgeguard", &v);
         assert_eq!(r["wasm_instructions"], 63091.0);
+        assert_eq!(r["callbacks_into_module"], 3.0);
+        assert_eq!(r["wasm_instructions_at_stream_end"], 6914.0);
         assert_eq!(r["host_calls"], 17.0);
         assert_eq!(r["host_to_module_allocations"], 10.0);
     }

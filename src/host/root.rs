@@ -76,13 +76,16 @@ fn plugin_name() -> String {
         .unwrap_or_default()
 }
 
-impl Context for SurgeguardRoot {
-    // The plugin is going away (a reload or shutdown): hand over what was counted.
-    fn on_done(&mut self) -> bool {
+impl Context for SurgeguardRoot {}
+
+impl Drop for SurgeguardRoot {
+    // The plugin is going away (a reload or shutdown; Envoy deletes its root context): hand over
+    // what was counted. Here rather than in `on_done`, which the module does not export
+    // (src/host/exports.txt): Envoy would otherwise call it for every request too.
+    fn drop(&mut self) {
         if let Some(a) = &self.active {
             a.metrics.flush();
         }
-        true
     }
 }
 

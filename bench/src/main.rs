@@ -273,16 +273,20 @@ fn assemble(a: Assembly) -> Value {
     }
     let primary = variants.get(Variant::DirectResponse.key()).cloned().unwrap_or(Value::Null);
     let direct = a.runs.iter().find(|r| r.variant == Variant::DirectResponse);
+    let upstream = a.runs.iter().find(|r| r.variant == Variant::Upstream);
+    let ratio_vs_empty = |run: Option<&VariantRun>| {
+        run.and_then(|r| results::RatioFigure::between(r, Arm::Surgeguard, Arm::EmptyWasm)).map(|r| r.of_medians)
+    };
     let startup_over = match (a.startup_medians.get(Arm::Surgeguard.key()), a.startup_medians.get(Arm::NoFilter.key()))
     {
         (Some(s), Some(n)) => Some(s - n),
         _ => None,
     };
     let floors = results::floors(&FloorInputs {
-        ratio_vs_empty: direct
-            .and_then(|r| results::RatioFigure::between(r, Arm::Surgeguard, Arm::EmptyWasm))
-            .map(|r| r.of_medians),
+        ratio_vs_empty: ratio_vs_empty(direct),
         cpu_over_empty_us: direct.and_then(|r| results::cpu_over(r, Arm::EmptyWasm)),
+        upstream_ratio_vs_empty: ratio_vs_empty(upstream),
+        upstream_cpu_over_empty_us: upstream.and_then(|r| results::cpu_over(r, Arm::EmptyWasm)),
         accuracy_error_pct: a.accuracy.map(|x| x.error_pct),
         module_bytes: a.module_bytes,
         startup_over_no_filter_ms: startup_over,

@@ -123,9 +123,9 @@ impl HttpContext for RequestFilter {
 }
 
 impl Drop for RequestFilter {
-    // The stream ended, however it ended: Envoy deletes its context (`proxy_on_delete`) right
-    // after its access-log phase. Released here rather than in `on_log`, which the module does
-    // not export (src/host/exports.txt), so a request costs one entry into the VM less.
+    // The stream ended, however it ended (complete, reset, timed out, answered locally): Envoy
+    // deletes its context (`proxy_on_delete`). Released here rather than in `on_log`, which the
+    // module does not export (src/host/exports.txt), so a request costs one entry into the VM less.
     fn drop(&mut self) {
         self.release_in_flight_slot();
     }

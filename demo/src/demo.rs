@@ -261,26 +261,16 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<Demo, String> {
     );
     let mix: serde_json::Map<String, Value> =
         Kind::ALL.iter().map(|k| (k.name().to_string(), json!(plan.mix.share(*k)))).collect();
+    let mut load = plan.to_json(arrivals.len());
+    load["mix"] = Value::Object(mix);
+    load["client_timeout_ms"] = json!(CLIENT_TIMEOUT.as_millis() as u64);
     let summary = json!({
         "db_pool_size": o.pool_size,
         "runs": {
             "without_filter": without.to_json(&plan),
             "with_filter": with.to_json(&plan),
         },
-        "load": {
-            "duration_s": plan.duration_s,
-            "surge": plan.surge,
-            "calm_rate_per_s": plan.calm_rate_per_s,
-            "seed": plan.seed,
-            "offered": arrivals.len(),
-            "phases_s": {
-                "calm": [0.0, plan.surge_start_s()],
-                "surge": [plan.surge_start_s(), plan.surge_end_s()],
-                "recovery": [plan.surge_end_s(), plan.duration_s],
-            },
-            "mix": mix,
-            "client_timeout_ms": CLIENT_TIMEOUT.as_millis() as u64,
-        },
+        "load": load,
         "database": {
             "backend": if model.is_some() { "model" } else { "postgresql" },
             "pool_wait_ms": o.pool_wait_ms,
@@ -288,7 +278,7 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<Demo, String> {
             "thrash_per_conn": model.map(|m| m.thrash_per_conn),
         },
         "envoy": { "version": version, "workers": ENVOY_WORKERS, "config": relative(&o.envoy_config) },
-        "claims": claims.iter().map(|c| json!({"claim": c.claim, "holds": c.holds, "evidence": c.evidence})).collect::<Vec<_>>(),
+        "claims": crate::summary::claims_json(&claims),
         "all_claims_hold": claims.iter().all(|c| c.holds),
     });
     let figure =

@@ -551,6 +551,8 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<LiveDemo, String> {
         o.pool_size,
     );
     let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    let mut load = plan.to_json(arrivals.len());
+    load["client_timeout_ms"] = json!(CLIENT_TIMEOUT.as_millis() as u64);
     let summary = json!({
         "mode": "live",
         "db_pool_size": o.pool_size,
@@ -583,25 +585,13 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<LiveDemo, String> {
             "before": before.to_json(),
             "after": after.to_json(),
         },
-        "load": {
-            "duration_s": plan.duration_s,
-            "surge": plan.surge,
-            "calm_rate_per_s": plan.calm_rate_per_s,
-            "seed": plan.seed,
-            "offered": arrivals.len(),
-            "phases_s": {
-                "calm": [0.0, plan.surge_start_s()],
-                "surge": [plan.surge_start_s(), plan.surge_end_s()],
-                "recovery": [plan.surge_end_s(), plan.duration_s],
-            },
-            "client_timeout_ms": CLIENT_TIMEOUT.as_millis() as u64,
-        },
+        "load": load,
         "database": {
             "backend": if model.is_some() { "model" } else { "postgresql" },
             "pool_wait_ms": o.pool_wait_ms,
         },
         "envoy": { "version": version, "workers": ENVOY_WORKERS, "config": BOOTSTRAP, "plugin_config": INITIAL_CONFIG },
-        "claims": claims.iter().map(|c| json!({"claim": c.claim, "holds": c.holds, "evidence": c.evidence})).collect::<Vec<_>>(),
+        "claims": crate::summary::claims_json(&claims),
         "all_claims_hold": claims.iter().all(|c| c.holds),
     });
     let figure = crate::live_report::LiveFigure {

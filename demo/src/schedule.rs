@@ -10,6 +10,7 @@
 
 use crate::rng::Rng;
 use crate::traffic::{request, Kind, Mix};
+use serde_json::{json, Value};
 use surgeguard_harness::client::Req;
 
 /// The calm phase's share of the duration; the surge takes [`SURGE_SHARE`], recovery the rest.
@@ -64,6 +65,22 @@ impl Plan {
 
     pub fn surge_end_s(&self) -> f64 {
         self.duration_s * (CALM_SHARE + SURGE_SHARE)
+    }
+
+    /// The plan as the summaries record it, with the number of requests it offered.
+    pub fn to_json(&self, offered: usize) -> Value {
+        json!({
+            "duration_s": self.duration_s,
+            "surge": self.surge,
+            "calm_rate_per_s": self.calm_rate_per_s,
+            "seed": self.seed,
+            "offered": offered,
+            "phases_s": {
+                "calm": [0.0, self.surge_start_s()],
+                "surge": [self.surge_start_s(), self.surge_end_s()],
+                "recovery": [self.surge_end_s(), self.duration_s],
+            },
+        })
     }
 
     /// The phases in words: "20 s calm at 10 requests/s, a 10 s surge to 6x, 10 s recovery".
@@ -145,6 +162,15 @@ mod tests {
         assert_eq!(p.phase_at(6.0), Phase::Surge);
         assert_eq!(p.phase_at(17.99), Phase::Surge);
         assert_eq!(p.phase_at(18.0), Phase::Recovery);
+    }
+
+    #[test]
+    fn the_recorded_plan_gives_the_phase_boundaries_in_seconds() {
+        let v = plan().to_json(1234);
+        assert_eq!(v["offered"], 1234);
+        assert_eq!(v["phases_s"]["calm"], json!([0.0, 6.0]));
+        assert_eq!(v["phases_s"]["surge"], json!([6.0, 18.0]));
+        assert_eq!(v["phases_s"]["recovery"], json!([18.0, 24.0]));
     }
 
     #[test]

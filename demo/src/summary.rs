@@ -171,6 +171,11 @@ pub struct Claim {
     pub evidence: String,
 }
 
+/// The claims as the summaries record them.
+pub fn claims_json(claims: &[Claim]) -> Value {
+    claims.iter().map(|c| json!({"claim": c.claim, "holds": c.holds, "evidence": c.evidence})).collect()
+}
+
 /// Without the filter, at least this share of checkouts fails for the run to show the outage.
 pub const OUTAGE_MIN_CHECKOUT_FAILED: f64 = 0.05;
 /// With the filter, at least this share of checkouts is served.

@@ -10,7 +10,8 @@
 //! - [`record`]: unkeyed buckets and the in-flight table in one shared value;
 //! - [`keyhash`]: the seeded hash behind storage keys;
 //! - [`decision`]: what happens to one request;
-//! - [`response`], [`metrics`]: what the client and the operator see.
+//! - [`response`], [`metrics`]: what the client and the operator see;
+//! - [`lease`], [`rls`]: fleet-wide limits: tokens leased from a rate limit service, and its messages.
 
 pub mod bucket;
 pub mod classify;
@@ -18,9 +19,11 @@ pub mod config;
 pub mod decision;
 pub mod json;
 pub mod keyhash;
+pub mod lease;
 pub mod metrics;
 pub mod record;
 pub mod response;
+pub mod rls;
 pub mod store;
 
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]

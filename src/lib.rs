@@ -9,6 +9,7 @@
 //! - [`bucket`]: token bucket arithmetic on one `u64`;
 //! - [`record`]: unkeyed buckets and the in-flight table in one shared value;
 //! - [`keyhash`]: the seeded hash behind storage keys;
+//! - [`instance`]: this VM's instance id and the key-hashing seed all VMs agree on;
 //! - [`decision`]: what happens to one request;
 //! - [`response`], [`metrics`]: what the client and the operator see.
 
@@ -16,6 +17,7 @@ pub mod bucket;
 pub mod classify;
 pub mod config;
 pub mod decision;
+pub mod instance;
 pub mod json;
 pub mod keyhash;
 pub mod metrics;

@@ -4,8 +4,8 @@
 use super::adapters::{define, now_ns, HostStore, Metrics};
 use super::http::RequestFilter;
 use crate::decision::Guard;
+use crate::instance::{agree_on_seed, allocate_instance_id};
 use crate::record::HEARTBEAT_PERIOD_MS;
-use crate::store::{read_u64, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MetricType};
@@ -33,39 +33,15 @@ thread_local! {
     static INSTANCE: Cell<u32> = const { Cell::new(0) };
 }
 
-const INSTANCE_COUNTER_KEY: &str = "surgeguard/instances";
-const SEED_KEY: &str = "surgeguard/seed";
-
-/// Allocates this VM's instance id from a shared counter (compare-and-swap).
+/// This VM's instance id, allocated once (see `instance`).
 fn instance_id() -> u32 {
     let current = INSTANCE.with(Cell::get);
     if current != 0 {
         return current;
     }
-    let store = HostStore;
-    let mut id = 1;
-    for _ in 0..32 {
-        let loaded = store.load(INSTANCE_COUNTER_KEY).ok().flatten();
-        let version = loaded.as_ref().map(|(_, v)| *v);
-        id = loaded.and_then(|(b, _)| read_u64(&b, 0)).unwrap_or(0) as u32 + 1;
-        if let Ok(true) = store.compare_and_swap(INSTANCE_COUNTER_KEY, &u64::from(id).to_le_bytes(), version) {
-            break;
-        }
-    }
+    let id = allocate_instance_id(&HostStore, now_ns());
     INSTANCE.with(|c| c.set(id));
     id
-}
-
-/// The key-hashing seed: made once per Envoy process by whichever VM configures first
-/// (the main thread, before any worker) and read by every other.
-fn shared_seed() -> u64 {
-    let store = HostStore;
-    if let Some(seed) = store.load(SEED_KEY).ok().flatten().and_then(|(b, _)| read_u64(&b, 0)) {
-        return seed;
-    }
-    let seed = now_ns() ^ 0x5eed_5eed_0000_0000 ^ (u64::from(instance_id()) << 17);
-    let _ = store.compare_and_swap(SEED_KEY, &seed.to_le_bytes(), None);
-    store.load(SEED_KEY).ok().flatten().and_then(|(b, _)| read_u64(&b, 0)).unwrap_or(seed)
 }
 
 fn plugin_name() -> String {
@@ -114,12 +90,12 @@ impl RootContext for SurgeguardRoot {
             }
         };
         let namespace = format!("surgeguard/{}", plugin_name());
-        let guard = Guard::new(policy, &namespace, shared_seed());
+        let instance = instance_id();
+        let guard = Guard::new(policy, &namespace, agree_on_seed(&HostStore, now_ns(), instance));
         // Failing here is not fatal: a decision that finds no record still works (see there).
         let _ = guard.create_record(&HostStore);
         let names = crate::metrics::counter_names(&guard.policy);
         let metrics = Metrics::new(&names, guard.policy.concurrency.as_ref().map(|c| c.max_in_flight));
-        let instance = instance_id();
         // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive.
         let _ = hostcalls::set_tick_period(Duration::from_millis(HEARTBEAT_PERIOD_MS));
         log::info!(

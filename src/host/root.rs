@@ -3,7 +3,7 @@
 
 use super::adapters::{define, now_ns, HostStore, Metrics};
 use super::http::RequestFilter;
-use crate::decision::Guard;
+use crate::decision::Admission;
 use crate::instance::{agree_on_seed, allocate_instance_id};
 use crate::record::HEARTBEAT_PERIOD_MS;
 use proxy_wasm::hostcalls;
@@ -14,8 +14,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 /// The configuration in force and what serving it needs; shared by this plugin's requests.
-pub struct Active {
-    pub guard: Guard,
+pub struct ConfigInForce {
+    pub admission: Admission,
     pub metrics: Metrics,
     pub instance: u32,
     /// Releases that storage refused when their streams ended; applied on the next tick.
@@ -24,7 +24,7 @@ pub struct Active {
 
 #[derive(Default)]
 pub struct SurgeguardRoot {
-    active: Option<Rc<Active>>,
+    in_force: Option<Rc<ConfigInForce>>,
     config_rejected: Option<u32>,
 }
 
@@ -59,8 +59,8 @@ impl Drop for SurgeguardRoot {
     // what was counted. Here rather than in `on_done`, which the module does not export
     // (src/host/exports.txt): Envoy would otherwise call it for every request too.
     fn drop(&mut self) {
-        if let Some(a) = &self.active {
-            a.metrics.flush();
+        if let Some(c) = &self.in_force {
+            c.metrics.flush();
         }
     }
 }
@@ -91,44 +91,44 @@ impl RootContext for SurgeguardRoot {
         };
         let namespace = format!("surgeguard/{}", plugin_name());
         let instance = instance_id();
-        let guard = Guard::new(policy, &namespace, agree_on_seed(&HostStore, now_ns(), instance));
+        let admission = Admission::new(policy, &namespace, agree_on_seed(&HostStore, now_ns(), instance));
         // Failing here is not fatal: a decision that finds no record still works (see there).
-        let _ = guard.create_record(&HostStore);
-        let names = crate::metrics::counter_names(&guard.policy);
-        let metrics = Metrics::new(&names, guard.policy.concurrency.as_ref().map(|c| c.max_in_flight));
+        let _ = admission.create_record(&HostStore);
+        let policy = &admission.policy;
+        let names = crate::metrics::counter_names(policy);
+        let metrics = Metrics::new(&names, policy.concurrency.as_ref().map(|c| c.max_in_flight));
         // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive.
         let _ = hostcalls::set_tick_period(Duration::from_millis(HEARTBEAT_PERIOD_MS));
         log::info!(
             "surgeguard: configuration accepted: mode {:?}, {} classes, {} rules, {} limits, in-flight limit {}",
-            guard.policy.mode,
-            guard.policy.classes.len(),
-            guard.policy.rules.len(),
-            guard.policy.limits.len(),
-            guard.policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string())
+            policy.mode,
+            policy.classes.len(),
+            policy.rules.len(),
+            policy.limits.len(),
+            policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string())
         );
-        if let Some(previous) =
-            self.active.replace(Rc::new(Active { guard, metrics, instance, late_releases: Cell::new(0) }))
-        {
+        let in_force = ConfigInForce { admission, metrics, instance, late_releases: Cell::new(0) };
+        if let Some(previous) = self.in_force.replace(Rc::new(in_force)) {
             previous.metrics.flush();
         }
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(a) = &self.active {
-            if let Some(total) = a.guard.heartbeat(a.instance, now_ns(), a.late_releases.get(), &HostStore) {
-                a.late_releases.set(0);
-                a.metrics.set_in_flight(total);
+        if let Some(c) = &self.in_force {
+            if let Some(total) = c.admission.heartbeat(c.instance, now_ns(), c.late_releases.get(), &HostStore) {
+                c.late_releases.set(0);
+                c.metrics.set_in_flight(total);
             }
-            a.metrics.flush();
+            c.metrics.flush();
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Without an accepted configuration there is no root to serve; Envoy never gets here
         // then, since a refused configuration stops the filter from being installed.
-        let active = self.active.clone()?;
-        Some(Box::new(RequestFilter::new(active)))
+        let in_force = self.in_force.clone()?;
+        Some(Box::new(RequestFilter::new(in_force)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -34,12 +34,12 @@ thread_local! {
 }
 
 /// This VM's instance id, allocated once (see `instance`).
-fn instance_id() -> u32 {
+fn instance_id(now_ns: u64) -> u32 {
     let current = INSTANCE.with(Cell::get);
     if current != 0 {
         return current;
     }
-    let id = allocate_instance_id(&HostStore, now_ns());
+    let id = allocate_instance_id(&HostStore, now_ns);
     INSTANCE.with(|c| c.set(id));
     id
 }
@@ -90,8 +90,10 @@ impl RootContext for SurgeguardRoot {
             }
         };
         let namespace = format!("surgeguard/{}", plugin_name());
-        let instance = instance_id();
-        let admission = Admission::new(policy, &namespace, agree_on_seed(&HostStore, now_ns(), instance));
+        let configured_at_ns = now_ns();
+        let instance = instance_id(configured_at_ns);
+        let seed = agree_on_seed(&HostStore, configured_at_ns, instance);
+        let admission = Admission::new(policy, &namespace, seed);
         // Failing here is not fatal: a decision that finds no record still works (see there).
         let _ = admission.create_record(&HostStore);
         let policy = &admission.policy;

@@ -3,9 +3,8 @@ use crate::classify::Request;
 use crate::config::{parse, NS_PER_S};
 use crate::metrics::{counter_names, for_each_counter};
 use crate::response::refusal;
-use crate::store::tests::{BrokenStore, RacingStore};
+use crate::store::tests::{BrokenStore, RacingStore, RivalBetweenReadAndWrite};
 use crate::store::MemoryStore;
-use std::cell::Cell;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -135,7 +134,7 @@ fn a_lost_race_is_retried_and_undone_so_each_limit_loses_exactly_one_token() {
         r#"{"limits": [{"name": "a", "tokens_per_second": 1, "burst": 5}, {"name": "b", "tokens_per_second": 1, "burst": 5}],
             "concurrency": {"max_in_flight": 10}}"#,
     );
-    let store = RacingStore { inner: MemoryStore::default(), lose: Cell::new(0) };
+    let store = RacingStore::losing(0);
     assert!(admitted(&decide_path(&g, "/", T0, &store)));
     // Lose the next 3 writes: a's first commit, then b's after a succeeded (undo a), ...
     store.lose.set(3);
@@ -148,7 +147,7 @@ fn a_lost_race_is_retried_and_undone_so_each_limit_loses_exactly_one_token() {
 #[test]
 fn endless_contention_fails_open_and_takes_nothing() {
     let g = admission(r#"{"limits": [{"name": "a", "tokens_per_second": 1, "burst": 2}]}"#);
-    let store = RacingStore { inner: MemoryStore::default(), lose: Cell::new(0) };
+    let store = RacingStore::losing(0);
     assert!(admitted(&decide_path(&g, "/", T0, &store)));
     store.lose.set(u32::MAX);
     assert_eq!(decide_path(&g, "/", T0, &store).verdict, Verdict::FailedOpen);
@@ -309,24 +308,11 @@ fn a_release_that_could_not_be_written_is_applied_by_the_next_heartbeat() {
 }
 
 /// Worker 2 makes a whole decision between worker 1's read of the record and its write.
-struct InterleavingStore<'a> {
-    inner: &'a MemoryStore,
-    admission: &'a Admission,
-    interfere: Cell<bool>,
-}
-
-impl SharedStore for InterleavingStore<'_> {
-    fn load(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        let loaded = self.inner.load(key);
-        if self.interfere.take() {
-            let (method, path) = get("/");
-            self.admission.decide(&Request::new(&method, &path, &[], b"10.0.0.2"), T0, 2, self.inner);
-        }
-        loaded
-    }
-    fn compare_and_swap(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<bool, StoreError> {
-        self.inner.compare_and_swap(key, value, version)
-    }
+fn with_rival_decision<'a>(store: &'a MemoryStore, g: &'a Admission) -> RivalBetweenReadAndWrite<'a> {
+    RivalBetweenReadAndWrite::new(store, move |inner| {
+        let (method, path) = get("/");
+        g.decide(&Request::new(&method, &path, &[], b"10.0.0.2"), T0, 2, inner);
+    })
 }
 
 #[test]
@@ -334,14 +320,14 @@ fn a_record_created_at_configuration_keeps_two_first_decisions_exact() {
     let g = admission(r#"{"concurrency": {"max_in_flight": 10}}"#);
     // Without it, both workers find no record and the later unconditional write wins.
     let store = MemoryStore::default();
-    let racing = InterleavingStore { inner: &store, admission: &g, interfere: Cell::new(true) };
+    let racing = with_rival_decision(&store, &g);
     assert!(admitted(&decide_path(&g, "/", T0, &racing)));
     assert_eq!(g.in_flight(T0, &store), Some(1), "one of the two slots was written over");
     // With it, the later write is a compare-and-swap that loses, retries and counts both.
     let store = MemoryStore::default();
     g.create_record(&store).unwrap();
     g.create_record(&store).unwrap();
-    let racing = InterleavingStore { inner: &store, admission: &g, interfere: Cell::new(true) };
+    let racing = with_rival_decision(&store, &g);
     assert!(admitted(&decide_path(&g, "/", T0, &racing)));
     assert_eq!(g.in_flight(T0, &store), Some(2));
 }

@@ -56,7 +56,7 @@ pub fn agree_on_seed(store: &dyn SharedStore, now_ns: u64, instance: u32) -> u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{BrokenStore, RacingStore};
+    use crate::store::tests::{BrokenStore, RacingStore, RivalBetweenReadAndWrite};
     use crate::store::{MemoryStore, StoreError};
     use std::cell::Cell;
     #[cfg(target_arch = "wasm32")]
@@ -80,30 +80,12 @@ mod tests {
         assert_eq!(allocate_instance_id(&store, T0), 3);
     }
 
-    /// Another VM allocates between this VM's read of the counter and its write.
-    struct RivalAllocates<'a> {
-        inner: &'a MemoryStore,
-        interfere: Cell<bool>,
-    }
-
-    impl SharedStore for RivalAllocates<'_> {
-        fn load(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-            let loaded = self.inner.load(key);
-            if self.interfere.take() {
-                assert_eq!(allocate_instance_id(self.inner, T0), 2);
-            }
-            loaded
-        }
-        fn compare_and_swap(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<bool, StoreError> {
-            self.inner.compare_and_swap(key, value, version)
-        }
-    }
-
     #[test]
     fn a_rival_allocating_in_between_makes_this_vm_retry_past_its_id() {
         let store = MemoryStore::default();
         assert_eq!(allocate_instance_id(&store, T0), 1);
-        let racing = RivalAllocates { inner: &store, interfere: Cell::new(true) };
+        // Another VM allocates between this VM's read of the counter and its write.
+        let racing = RivalBetweenReadAndWrite::new(&store, |rival| assert_eq!(allocate_instance_id(rival, T0), 2));
         assert_eq!(allocate_instance_id(&racing, T0), 3);
     }
 

@@ -194,6 +194,34 @@ pub(crate) mod tests {
         }
     }
 
+    /// What another worker does to the store.
+    type Rival<'a> = Box<dyn FnOnce(&MemoryStore) + 'a>;
+
+    /// Another worker acts (`rival`, once) between this worker's next read and its write.
+    pub(crate) struct RivalBetweenReadAndWrite<'a> {
+        inner: &'a MemoryStore,
+        rival: Cell<Option<Rival<'a>>>,
+    }
+
+    impl<'a> RivalBetweenReadAndWrite<'a> {
+        pub fn new(inner: &'a MemoryStore, rival: impl FnOnce(&MemoryStore) + 'a) -> RivalBetweenReadAndWrite<'a> {
+            RivalBetweenReadAndWrite { inner, rival: Cell::new(Some(Box::new(rival))) }
+        }
+    }
+
+    impl SharedStore for RivalBetweenReadAndWrite<'_> {
+        fn load(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            let loaded = self.inner.load(key);
+            if let Some(rival) = self.rival.take() {
+                rival(self.inner);
+            }
+            loaded
+        }
+        fn compare_and_swap(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<bool, StoreError> {
+            self.inner.compare_and_swap(key, value, version)
+        }
+    }
+
     /// A host that refuses every storage call.
     pub(crate) struct BrokenStore;
 

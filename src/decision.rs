@@ -53,12 +53,6 @@ pub enum Verdict {
     FailedOpen,
 }
 
-impl Verdict {
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, Verdict::RateLimited { .. } | Verdict::Shed { .. })
-    }
-}
-
 /// Admission control for one plugin: its compiled policy plus where its state lives in shared
 /// storage.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 //! Invariants of a compiled [`Policy`]:
 //! - every class, rule and limit index is in range; names are unique and safe in metric names;
 //! - every number is in the range its field documents, so the arithmetic in `bucket` and
-//!   `record` cannot overflow; at most [`MAX_LIMITS`] limits (a [`LimitSet`](crate::ids::LimitSet) holds 64);
+//!   `record` cannot overflow; at most [`MAX_LIMITS`] limits (one [`LimitSet`](crate::ids::LimitSet));
 //! - a configuration with any problem compiles to nothing: every problem is reported, each as
 //!   `<path>: <message>, got <value>` (or `<path>: unknown field` / `<path>: duplicate field`).
 //!

@@ -33,11 +33,8 @@ pub struct Refused {
 /// A take that the bucket admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
+    /// The bucket's state after the take.
     pub new_tat_ns: u64,
-    /// Whole tokens this class may still take right after this take.
-    pub remaining: u64,
-    /// Nanoseconds until this class may take again (0 if `remaining >= 1`).
-    pub next_in_ns: u64,
 }
 
 impl Bucket {
@@ -49,16 +46,7 @@ impl Bucket {
             let wait_ns = (self.tolerance_ns >= self.ns_per_token).then(|| ahead_ns - self.tolerance_ns);
             return Err(Refused { wait_ns });
         }
-        let slack_ns = self.tolerance_ns - ahead_ns;
-        let remaining = slack_ns / self.ns_per_token;
-        let next_in_ns = if remaining >= 1 { 0 } else { self.ns_per_token - slack_ns };
-        Ok(Taken { new_tat_ns, remaining, next_in_ns })
-    }
-
-    /// Whole tokens this class could take at `now_ns` (a read, no take).
-    pub fn available(&self, tat_ns: u64, now_ns: u64) -> u64 {
-        let ahead_ns = tat_ns.saturating_sub(now_ns);
-        self.tolerance_ns.saturating_sub(ahead_ns) / self.ns_per_token
+        Ok(Taken { new_tat_ns })
     }
 }
 
@@ -92,7 +80,8 @@ mod tests {
         Bucket { ns_per_token: 100 * MS, tolerance_ns: 500 * MS }
     }
 
-    fn drain(b: &Bucket, mut tat: u64, now: u64) -> (u64, u64) {
+    /// Takes until refused: the state after, and the whole tokens the bucket held.
+    pub(super) fn drain(b: &Bucket, mut tat: u64, now: u64) -> (u64, u64) {
         let mut taken = 0;
         while let Ok(t) = b.take(tat, now) {
             tat = t.new_tat_ns;
@@ -126,7 +115,6 @@ mod tests {
         let b = ten_per_second_burst_five();
         let (_, taken) = drain(&b, 5 * NS_PER_S, 5_000 * NS_PER_S);
         assert_eq!(taken, 5);
-        assert_eq!(b.available(5 * NS_PER_S, 5_000 * NS_PER_S), 5);
     }
 
     #[test]
@@ -163,18 +151,6 @@ mod tests {
     }
 
     #[test]
-    fn admitted_take_reports_remaining_and_next_token() {
-        let b = ten_per_second_burst_five();
-        let now = 10 * NS_PER_S;
-        let first = b.take(0, now).ok();
-        assert_eq!(first.map(|t| (t.remaining, t.next_in_ns)), Some((4, 0)));
-        let (tat, _) = drain(&b, 0, now);
-        // Undo the last take and take again: the last token leaves nothing and a 100 ms wait.
-        let last = b.take(give_back(tat, b.ns_per_token), now).ok();
-        assert_eq!(last.map(|t| (t.remaining, t.next_in_ns)), Some((0, 100 * MS)));
-    }
-
-    #[test]
     fn a_class_whose_reserve_leaves_under_one_token_is_never_admitted() {
         let b = Bucket { ns_per_token: 100 * MS, tolerance_ns: 50 * MS };
         assert_eq!(b.take(0, NS_PER_S).err(), Some(Refused { wait_ns: None }));
@@ -192,8 +168,14 @@ mod tests {
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod properties {
+    use super::tests::drain;
     use super::*;
     use proptest::prelude::*;
+
+    /// Whole tokens the bucket holds at `now`, counted by taking them.
+    fn tokens(b: &Bucket, tat: u64, now: u64) -> u64 {
+        drain(b, tat, now).1
+    }
 
     proptest! {
         /// Over any window of length T, admitted <= burst + rate x T, whatever the arrivals.
@@ -236,7 +218,7 @@ mod properties {
             let mut now: u64 = 1 << 60;
             for (forward, step) in steps {
                 now = if forward { now + step } else { now - step };
-                prop_assert!(b.available(tat, now) <= burst);
+                prop_assert!(tokens(&b, tat, now) <= burst);
                 if let Ok(t) = b.take(tat, now) {
                     tat = t.new_tat_ns;
                 }
@@ -257,7 +239,7 @@ mod properties {
             for _ in 0..used {
                 if let Ok(t) = b.take(tat, now) { tat = t.new_tat_ns; }
             }
-            prop_assert!(b.available(tat, now - back) <= b.available(tat, now));
+            prop_assert!(tokens(&b, tat, now - back) <= tokens(&b, tat, now));
         }
     }
 }

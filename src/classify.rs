@@ -1,6 +1,7 @@
 //! Which class a request belongs to, and whether a `match` holds. Allocation-free.
 
 use crate::config::{HeaderTest, Matcher, Policy};
+use crate::ids::ClassId;
 
 /// What the core reads of a request. The host implements it lazily (an attribute is fetched
 /// the first time a rule or limit reads it); [`Request`] is the plain version for tests and tools.
@@ -55,7 +56,7 @@ impl RequestView for Request<'_> {
 }
 
 /// The first rule whose match holds gives the class; none: the default class.
-pub fn classify(policy: &Policy, req: &dyn RequestView) -> usize {
+pub fn classify(policy: &Policy, req: &dyn RequestView) -> ClassId {
     policy.rules.iter().find(|r| matches(&r.matcher, req)).map_or(policy.default_class, |r| r.class)
 }
 
@@ -135,7 +136,7 @@ mod tests {
         let policy = parse(STOREFRONT.as_bytes()).unwrap_or_else(|e| unreachable!("{e:?}"));
         let headers = vec![user_agent.map(|u| u.to_vec())];
         let req = Request::new(method.as_bytes(), path.as_bytes(), &headers, b"");
-        policy.classes[classify(&policy, &req)].name.clone()
+        policy.classes[classify(&policy, &req).index()].name.clone()
     }
 
     #[test]
@@ -177,7 +178,7 @@ mod tests {
         let class = |key: Option<&[u8]>, tier: Option<&[u8]>| {
             let headers = vec![key.map(|v| v.to_vec()), tier.map(|v| v.to_vec())];
             let req = Request { headers: &headers, ..Request::default() };
-            policy.classes[classify(&policy, &req)].name.clone()
+            policy.classes[classify(&policy, &req).index()].name.clone()
         };
         assert_eq!(class(Some(b""), None), "a");
         assert_eq!(class(None, Some(b"golden")), "a");

@@ -3,13 +3,14 @@
 //! Invariants of a compiled [`Policy`]:
 //! - every class, rule and limit index is in range; names are unique and safe in metric names;
 //! - every number is in the range its field documents, so the arithmetic in `bucket` and
-//!   `record` cannot overflow; at most [`MAX_LIMITS`] limits (decisions keep limit sets as bits);
+//!   `record` cannot overflow; at most [`MAX_LIMITS`] limits (one [`LimitSet`](crate::ids::LimitSet));
 //! - a configuration with any problem compiles to nothing: every problem is reported, each as
 //!   `<path>: <message>, got <value>` (or `<path>: unknown field` / `<path>: duplicate field`).
 //!
 //! The JSON is read into a [`json::Value`] and walked by hand, so that every
 //! problem is found in one pass with its exact path. Object fields are checked in key order.
 
+use crate::ids::{ClassId, LimitId};
 use crate::json::{self, Map, Value};
 use std::fmt;
 
@@ -83,7 +84,7 @@ pub enum HeaderTest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub matcher: Matcher,
-    pub class: usize,
+    pub class: ClassId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,15 +129,41 @@ pub struct Concurrency {
 pub struct Policy {
     pub mode: Mode,
     pub classes: Vec<Class>,
-    pub default_class: usize,
+    pub default_class: ClassId,
     pub rules: Vec<Rule>,
     pub limits: Vec<Limit>,
     pub concurrency: Option<Concurrency>,
     /// Lower-case names of the request headers any rule, match or key reads.
     pub header_names: Vec<String>,
-    pub needs_path: bool,
-    pub needs_method: bool,
-    pub needs_client_ip: bool,
+}
+
+impl Policy {
+    pub fn class(&self, id: ClassId) -> Option<&Class> {
+        self.classes.get(id.index())
+    }
+
+    pub fn limit(&self, id: LimitId) -> Option<&Limit> {
+        self.limits.get(id.index())
+    }
+
+    /// Every limit with its id, in order.
+    pub fn limits_by_id(&self) -> impl Iterator<Item = (LimitId, &Limit)> {
+        self.limits.iter().enumerate().map(|(i, l)| (LimitId(i), l))
+    }
+}
+
+impl Limit {
+    /// How far ahead of now a take by `class` may run the bucket (see `class_tolerance_ns`).
+    pub fn tolerance_ns(&self, class: ClassId) -> u64 {
+        self.class_tolerance_ns.get(class.index()).copied().unwrap_or(0)
+    }
+}
+
+impl Concurrency {
+    /// The highest in-flight count (including this request) `class` may reach.
+    pub fn class_max(&self, class: ClassId) -> u32 {
+        self.class_max_in_flight.get(class.index()).copied().unwrap_or(0)
+    }
 }
 
 /// One field of the configuration, as the README's reference table shows it. This table is
@@ -423,7 +450,7 @@ impl Compiler {
         };
 
         let default_class = match (root.get("default_class"), classes.as_ref()) {
-            (None, Some(cs)) => Some(cs.len().saturating_sub(1)),
+            (None, Some(cs)) => Some(ClassId(cs.len().saturating_sub(1))),
             (Some(d), Some(_)) => self.class_ref("default_class", d, &class_names),
             (_, None) => None,
         };
@@ -445,17 +472,6 @@ impl Compiler {
 
         let (mode, classes, default_class, rules, limits, concurrency) =
             (mode?, classes?, default_class?, rules?, limits?, concurrency?);
-        let needs_path = rules
-            .iter()
-            .map(|r| &r.matcher)
-            .chain(limits.iter().filter_map(|l| l.matcher.as_ref()))
-            .any(|m| m.path.is_some() || m.path_prefix.is_some());
-        let needs_method = rules
-            .iter()
-            .map(|r| &r.matcher)
-            .chain(limits.iter().filter_map(|l| l.matcher.as_ref()))
-            .any(|m| m.methods.is_some());
-        let needs_client_ip = limits.iter().any(|l| l.key == KeySource::ClientIp);
         Some(Policy {
             mode,
             classes,
@@ -464,9 +480,6 @@ impl Compiler {
             limits,
             concurrency,
             header_names: std::mem::take(&mut self.header_names),
-            needs_path,
-            needs_method,
-            needs_client_ip,
         })
     }
 
@@ -518,13 +531,13 @@ impl Compiler {
         ok.then_some(out)
     }
 
-    fn class_ref(&mut self, path: &str, v: &Value, class_names: &[String]) -> Option<usize> {
+    fn class_ref(&mut self, path: &str, v: &Value, class_names: &[String]) -> Option<ClassId> {
         let s = self.string(path, v)?;
         let i = class_names.iter().position(|c| c == s);
         if i.is_none() {
             self.error(path, format!("must name a class ({})", class_names.join(", ")), Some(v));
         }
-        i
+        i.map(ClassId)
     }
 
     fn rules(&mut self, v: &Value, class_names: &[String]) -> Option<Vec<Rule>> {

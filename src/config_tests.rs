@@ -41,7 +41,7 @@ fn the_contract_example_compiles() {
     let p = policy(CONTRACT_EXAMPLE);
     assert_eq!(p.mode, Mode::Enforce);
     assert_eq!(p.classes.len(), 3);
-    assert_eq!(p.default_class, 1);
+    assert_eq!(p.default_class, ClassId(1));
     assert_eq!(p.rules.len(), 4);
     assert_eq!(p.limits[1].key, KeySource::ClientIp);
     assert_eq!(p.limits[2].key, KeySource::Header(1));
@@ -50,7 +50,6 @@ fn the_contract_example_compiles() {
     assert_eq!(p.limits[1].max_keys, DEFAULT_MAX_KEYS as u32);
     let c = p.concurrency.as_ref().map(|c| c.class_max_in_flight.clone());
     assert_eq!(c, Some(vec![200, 160, 100]));
-    assert!(p.needs_path && p.needs_method && p.needs_client_ip);
 }
 
 #[test]
@@ -58,16 +57,15 @@ fn defaults_fill_what_is_left_out() {
     let p = policy(r#"{"limits": [{"name": "all", "tokens_per_second": 10, "burst": 5}]}"#);
     assert_eq!(p.mode, Mode::Enforce);
     assert_eq!(p.classes, vec![Class { name: "default".into(), reserve: 0.0 }]);
-    assert_eq!(p.default_class, 0);
+    assert_eq!(p.default_class, ClassId(0));
     assert_eq!(p.limits[0].key, KeySource::Global);
     assert!(p.concurrency.is_none());
-    assert!(!p.needs_path && !p.needs_method && !p.needs_client_ip);
 }
 
 #[test]
 fn the_default_class_is_the_last_class() {
     let p = policy(r#"{"classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}"#);
-    assert_eq!(p.default_class, 2);
+    assert_eq!(p.default_class, ClassId(2));
 }
 
 #[test]

@@ -1,37 +1,43 @@
-//! What happens to one request: classify, check every limit that applies and the in-flight
-//! limit, then take tokens and a slot only if all admit.
+//! What happens to one request, in steps that each return what the next needs:
+//! 1. classify it and find the limits that apply (`decide`);
+//! 2. read the record and locate the keyed limits' slots (`read`, `locate_keyed_slot`);
+//! 3. take a token from every applicable bucket, in memory (`take_tokens`);
+//! 4. take an in-flight slot, in memory (`acquire_in_flight`);
+//! 5. write it all (`commit`), undoing the keyed slot writes on a lost race (`undo`).
+//!
+//! A refusal at step 3 or 4 writes nothing, so tokens and a slot are taken only if all admit.
 //!
 //! Exactness across workers: all state lives in shared storage and changes only by
 //! compare-and-swap against the version that was read. Unkeyed buckets and the in-flight table
 //! share one value (`record`), so a request without keyed limits is decided by one read and
-//! one write, atomically. A keyed limit's bucket lives in its own slot (`locate`); those are
-//! written first, the record last. If any write finds its value changed by another worker, the
-//! slot writes already made are undone (`bucket::give_back` commutes with other takes, so the
-//! state is as if they never happened) and the decision is retried on fresh reads, at most
-//! [`MAX_ATTEMPTS`] times. Past that, or if the host refuses a storage call, the request is
-//! admitted without taking anything (fail open) and counted.
+//! one write, atomically. A keyed limit's bucket lives in its own slot; those are written
+//! first, the record last. If any write finds its value changed by another worker, the slot
+//! writes already made are undone (`bucket::give_back` commutes with other takes, so the state
+//! is as if they never happened) and the decision is retried on fresh reads by
+//! [`store::retry`](crate::store::retry), at most [`MAX_ATTEMPTS`](crate::store::MAX_ATTEMPTS)
+//! times. Past that, or if the host refuses a storage call, the request is admitted without
+//! taking anything (fail open) and counted.
 
 use crate::bucket::{ceil_seconds, give_back, is_full, Bucket};
 use crate::classify::{classify, matches, RequestView};
-use crate::config::{KeySource, Limit, Mode, Policy};
+use crate::config::{KeySource, Limit, Policy};
+use crate::ids::{ClassId, LimitId, LimitSet};
 use crate::keyhash;
 use crate::record::{bucket_id, Record};
-use crate::store::{read_u64, SharedStore, StoreError};
+use crate::store::{read_u64, retry, update, Attempt, Change, Outcome, SharedStore, StoreError};
 
-pub const MAX_ATTEMPTS: usize = 16;
-
-/// The verdict on one request, and what the counters need to know. Limit sets are bitsets
-/// (bit `i`: limit `i`; a policy has at most 64 limits).
+/// The verdict on one request, and what the counters need to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
-    pub class: usize,
+    pub class: ClassId,
     pub verdict: Verdict,
     /// Limits whose `match` held.
-    pub applied: u64,
+    pub applied: LimitSet,
     /// Limits that refused (only when rate limited).
-    pub refused: u64,
-    /// Keyed limits whose key found no slot of its own and used the overflow bucket.
-    pub overflowed: u64,
+    pub refused: LimitSet,
+    /// Keyed limits whose key found no slot of its own and used the overflow bucket (empty when
+    /// the request failed open: it drew from no bucket).
+    pub overflowed: LimitSet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,45 +46,36 @@ pub enum Verdict {
     /// in-flight slot that must be released when its stream ends.
     Admitted { in_flight: Option<u64> },
     /// Refused by a token bucket: the one that would make the request wait longest.
-    RateLimited { limit: usize, retry_after_s: u64 },
+    RateLimited { limit: LimitId, retry_after_s: u64 },
     /// Refused by the in-flight limit.
     Shed { retry_after_s: u64 },
     /// Storage failed or stayed contended: admitted without taking anything.
     FailedOpen,
 }
 
-impl Verdict {
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, Verdict::RateLimited { .. } | Verdict::Shed { .. })
-    }
-}
-
-/// The limits in a bitset, lowest first.
-pub fn bits(mut set: u64) -> impl Iterator<Item = usize> {
-    std::iter::from_fn(move || {
-        (set != 0).then(|| {
-            let i = set.trailing_zeros() as usize;
-            set &= set - 1;
-            i
-        })
-    })
-}
-
-/// A compiled policy plus where its state lives in shared storage.
+/// Admission control for one plugin: its compiled policy plus where its state lives in shared
+/// storage.
 #[derive(Debug, Clone)]
-pub struct Guard {
+pub struct Admission {
     pub policy: Policy,
     record_key: String,
-    /// Per limit: its bucket's id in the record (unkeyed) or its slots' key prefix (keyed).
-    bucket_ids: Vec<u64>,
+    /// Per limit: its bucket's id in the record (used by unkeyed limits).
+    record_bucket_ids: Vec<u64>,
+    /// Per limit: the storage key prefix of its slots (used by keyed limits).
     slot_prefixes: Vec<String>,
     /// Mixed into key hashing so slot positions cannot be predicted from outside.
     seed: u64,
 }
 
+/// The record as one attempt read it, and the version its write is checked against.
+struct StoredRecord {
+    record: Record,
+    version: Option<u32>,
+}
+
 /// A keyed limit's bucket, read for a decision: where it lives, what it held, what it will hold.
-struct Cell {
-    limit: usize,
+struct KeyedSlot {
+    limit: LimitId,
     store_key: String,
     version: Option<u32>,
     key_fingerprint: u64,
@@ -86,178 +83,260 @@ struct Cell {
     new_tat_ns: u64,
 }
 
+/// The shared state one attempt read, changed in memory by the steps until `commit` writes it.
+struct Snapshot {
+    /// Read if an unkeyed limit applies or there is an in-flight limit.
+    record: Option<StoredRecord>,
+    /// One per applicable keyed limit, in limit order.
+    keyed: Vec<KeyedSlot>,
+}
+
+/// A step refused the request; nothing is written.
+struct Refused {
+    verdict: Verdict,
+    /// The limits that refused (empty for a shed).
+    limits: LimitSet,
+}
+
 /// Fingerprints 0 (overflow bucket) and u64::MAX (empty slot) are never a key's.
 const EMPTY_SLOT: u64 = u64::MAX;
 
-impl Guard {
-    /// `namespace` separates plugins sharing one VM; `seed` must be the same on every worker.
-    pub fn new(policy: Policy, namespace: &str, seed: u64) -> Guard {
-        let bucket_ids = policy.limits.iter().map(|l| bucket_id(&l.state_id)).collect();
+impl Admission {
+    /// `namespace` separates plugins sharing one VM; `seed` must be the same on every worker
+    /// (see `instance::agree_on_seed`).
+    pub fn new(policy: Policy, namespace: &str, seed: u64) -> Admission {
+        let record_bucket_ids = policy.limits.iter().map(|l| bucket_id(&l.state_id)).collect();
         let slot_prefixes = policy.limits.iter().map(|l| format!("{namespace}/slots/{}/", l.state_id)).collect();
-        Guard { policy, record_key: format!("{namespace}/record"), bucket_ids, slot_prefixes, seed }
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.policy.mode
+        Admission { policy, record_key: format!("{namespace}/record"), record_bucket_ids, slot_prefixes, seed }
     }
 
     /// Decides one request at `now_ns`. In shadow mode the caller lets a refusal through; the
     /// decision is the same, and a refusal takes nothing either way.
     pub fn decide(&self, req: &dyn RequestView, now_ns: u64, instance: u32, store: &dyn SharedStore) -> Decision {
         let class = classify(&self.policy, req);
-        let mut applied = 0u64;
-        for (i, l) in self.policy.limits.iter().enumerate() {
-            if l.matcher.as_ref().is_none_or(|m| matches(m, req)) {
-                applied |= 1 << i;
-            }
+        let applied = self.applicable_limits(req);
+        match retry(|| self.attempt(class, applied, req, now_ns, instance, store)) {
+            Outcome::Done { value, .. } => value,
+            Outcome::Contended | Outcome::Failed => Decision {
+                class,
+                verdict: Verdict::FailedOpen,
+                applied,
+                refused: LimitSet::EMPTY,
+                overflowed: LimitSet::EMPTY,
+            },
         }
-        let mut decision = Decision { class, verdict: Verdict::FailedOpen, applied, refused: 0, overflowed: 0 };
-        for _ in 0..MAX_ATTEMPTS {
-            match self.attempt(&mut decision, req, now_ns, instance, store) {
-                Ok(Some(verdict)) => {
-                    decision.verdict = verdict;
-                    return decision;
-                }
-                Ok(None) => continue,
-                Err(StoreError) => break,
-            }
-        }
-        Decision { verdict: Verdict::FailedOpen, refused: 0, ..decision }
     }
 
-    /// One try: `Ok(None)` if another worker changed something we read (retry).
+    fn applicable_limits(&self, req: &dyn RequestView) -> LimitSet {
+        self.policy
+            .limits_by_id()
+            .filter(|(_, l)| l.matcher.as_ref().is_none_or(|m| matches(m, req)))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// One try on fresh reads: `LostRace` if another worker changed something it read.
     fn attempt(
         &self,
-        d: &mut Decision,
+        class: ClassId,
+        applied: LimitSet,
         req: &dyn RequestView,
         now_ns: u64,
         instance: u32,
         store: &dyn SharedStore,
-    ) -> Result<Option<Verdict>, StoreError> {
-        let concurrency = self.policy.concurrency.as_ref();
-        let unkeyed_applied = bits(d.applied).any(|i| self.limit(i).is_some_and(|l| l.key == KeySource::Global));
-        let mut record = None;
-        if unkeyed_applied || concurrency.is_some() {
-            let loaded = store.load(&self.record_key)?;
-            let (bytes, version) = loaded.unzip();
-            record = Some((Record::from_bytes(bytes.unwrap_or_default()), version));
+    ) -> Result<Attempt<Decision>, StoreError> {
+        let (snapshot, overflowed) = self.read(applied, req, now_ns, store)?;
+        let decision = |verdict, refused| Decision { class, verdict, applied, refused, overflowed };
+        let admitted = self
+            .take_tokens(class, applied, snapshot, now_ns)
+            .and_then(|snapshot| self.acquire_in_flight(class, instance, now_ns, snapshot));
+        match admitted {
+            Ok(snapshot) => Ok(self
+                .commit(snapshot, instance, now_ns, store)?
+                .map(|in_flight| decision(Verdict::Admitted { in_flight }, LimitSet::EMPTY))),
+            Err(Refused { verdict, limits }) => Ok(Attempt::Done(decision(verdict, limits))),
         }
-
-        // Evaluate every bucket on this snapshot; a refusal writes nothing.
-        let mut cells: Vec<Cell> = Vec::new();
-        let mut worst: Option<(usize, u64)> = None;
-        d.refused = 0;
-        d.overflowed = 0;
-        for i in bits(d.applied) {
-            let Some(limit) = self.limit(i) else { continue };
-            let bucket = bucket_for(limit, d.class);
-            let id = self.bucket_ids.get(i).copied().unwrap_or(0);
-            let (tat_ns, cell) = match (&limit.key, &record) {
-                (KeySource::Global, Some((rec, _))) => (rec.bucket(id), None),
-                (KeySource::Global, None) => continue,
-                _ => {
-                    let (cell, overflow) = self.locate(i, limit, req, now_ns, store)?;
-                    if overflow {
-                        d.overflowed |= 1 << i;
-                    }
-                    (cell.tat_ns, Some(cell))
-                }
-            };
-            match bucket.take(tat_ns, now_ns) {
-                Ok(t) => match (cell, &mut record) {
-                    (Some(mut cell), _) => {
-                        cell.new_tat_ns = t.new_tat_ns;
-                        cells.push(cell);
-                    }
-                    (None, Some((rec, _))) => rec.set_bucket(id, t.new_tat_ns),
-                    (None, None) => {}
-                },
-                Err(r) => {
-                    d.refused |= 1 << i;
-                    let retry_after_s = r.wait_ns.map_or(limit.window_s, ceil_seconds);
-                    if worst.is_none_or(|(_, w)| retry_after_s > w) {
-                        worst = Some((i, retry_after_s));
-                    }
-                }
-            }
-        }
-        if let Some((limit, retry_after_s)) = worst {
-            return Ok(Some(Verdict::RateLimited { limit, retry_after_s }));
-        }
-        if let (Some(c), Some((rec, _))) = (concurrency, &mut record) {
-            let class_max = c.class_max_in_flight.get(d.class).copied().unwrap_or(0);
-            if !rec.acquire(instance, now_ns, class_max) {
-                return Ok(Some(Verdict::Shed { retry_after_s: c.retry_after_s }));
-            }
-        }
-
-        // Commit: keyed slots, then the record; undo the slots on a lost race.
-        for (n, cell) in cells.iter().enumerate() {
-            let value = encode_slot(cell.key_fingerprint, cell.new_tat_ns);
-            if !store.compare_and_swap(&cell.store_key, &value, cell.version)? {
-                self.undo(cells.get(..n).unwrap_or(&[]), store);
-                return Ok(None);
-            }
-        }
-        let mut in_flight = None;
-        if let Some((mut rec, version)) = record {
-            rec.prune(now_ns, Some(instance));
-            if !store.compare_and_swap(&self.record_key, rec.as_bytes(), version)? {
-                self.undo(&cells, store);
-                return Ok(None);
-            }
-            in_flight = concurrency.map(|_| rec.in_flight(now_ns));
-        }
-        Ok(Some(Verdict::Admitted { in_flight }))
     }
 
-    fn limit(&self, i: usize) -> Option<&Limit> {
-        self.policy.limits.get(i)
+    /// Reads what the applicable limits and the in-flight limit need; also returns the keyed
+    /// limits whose key drew from the overflow bucket.
+    fn read(
+        &self,
+        applied: LimitSet,
+        req: &dyn RequestView,
+        now_ns: u64,
+        store: &dyn SharedStore,
+    ) -> Result<(Snapshot, LimitSet), StoreError> {
+        let unkeyed_applied =
+            applied.iter().any(|id| self.policy.limit(id).is_some_and(|l| l.key == KeySource::Global));
+        let mut record = None;
+        if unkeyed_applied || self.policy.concurrency.is_some() {
+            let (bytes, version) = store.load(&self.record_key)?.unzip();
+            record = Some(StoredRecord { record: Record::from_bytes(bytes.unwrap_or_default()), version });
+        }
+        let mut keyed = Vec::new();
+        let mut overflowed = LimitSet::EMPTY;
+        for (id, limit) in self.limits_in(applied).filter(|(_, l)| l.key != KeySource::Global) {
+            let (slot, overflow) = self.locate_keyed_slot(id, limit, req, now_ns, store)?;
+            if overflow {
+                overflowed.insert(id);
+            }
+            keyed.push(slot);
+        }
+        Ok((Snapshot { record, keyed }, overflowed))
+    }
+
+    /// Takes one token from every applicable bucket of the snapshot. If any refuses, the
+    /// refusal names the one that would make the request wait longest (the first on a tie).
+    fn take_tokens(
+        &self,
+        class: ClassId,
+        applied: LimitSet,
+        mut snapshot: Snapshot,
+        now_ns: u64,
+    ) -> Result<Snapshot, Refused> {
+        let mut refused = LimitSet::EMPTY;
+        let mut worst: Option<(LimitId, u64)> = None;
+        for (id, limit) in self.limits_in(applied) {
+            let bucket = Bucket { ns_per_token: limit.ns_per_token, tolerance_ns: limit.tolerance_ns(class) };
+            let taken = match limit.key {
+                KeySource::Global => {
+                    let Some(stored) = snapshot.record.as_mut() else { continue };
+                    let bucket_id = self.record_bucket_ids.get(id.index()).copied().unwrap_or(0);
+                    let tat_ns = stored.record.bucket(bucket_id);
+                    bucket.take(tat_ns, now_ns).map(|t| stored.record.set_bucket(bucket_id, t.new_tat_ns))
+                }
+                KeySource::ClientIp | KeySource::Header(_) => {
+                    let Some(slot) = snapshot.keyed.iter_mut().find(|s| s.limit == id) else { continue };
+                    bucket.take(slot.tat_ns, now_ns).map(|t| slot.new_tat_ns = t.new_tat_ns)
+                }
+            };
+            if let Err(r) = taken {
+                refused.insert(id);
+                let retry_after_s = r.wait_ns.map_or(limit.window_s, ceil_seconds);
+                if worst.is_none_or(|(_, w)| retry_after_s > w) {
+                    worst = Some((id, retry_after_s));
+                }
+            }
+        }
+        match worst {
+            Some((limit, retry_after_s)) => {
+                Err(Refused { verdict: Verdict::RateLimited { limit, retry_after_s }, limits: refused })
+            }
+            None => Ok(snapshot),
+        }
+    }
+
+    /// Takes an in-flight slot for `instance`, if there is an in-flight limit and the class may.
+    fn acquire_in_flight(
+        &self,
+        class: ClassId,
+        instance: u32,
+        now_ns: u64,
+        mut snapshot: Snapshot,
+    ) -> Result<Snapshot, Refused> {
+        if let (Some(c), Some(stored)) = (&self.policy.concurrency, snapshot.record.as_mut()) {
+            if !stored.record.acquire(instance, now_ns, c.class_max(class)) {
+                let verdict = Verdict::Shed { retry_after_s: c.retry_after_s };
+                return Err(Refused { verdict, limits: LimitSet::EMPTY });
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Writes the keyed slots, then the record, each by compare-and-swap against the version
+    /// read. On a lost race the slots already written are undone. Returns the total in flight
+    /// if the request now holds an in-flight slot.
+    fn commit(
+        &self,
+        snapshot: Snapshot,
+        instance: u32,
+        now_ns: u64,
+        store: &dyn SharedStore,
+    ) -> Result<Attempt<Option<u64>>, StoreError> {
+        let Snapshot { record, keyed } = snapshot;
+        for (written, slot) in keyed.iter().enumerate() {
+            let value = encode_slot(slot.key_fingerprint, slot.new_tat_ns);
+            if !store.compare_and_swap(&slot.store_key, &value, slot.version)? {
+                self.undo(keyed.get(..written).unwrap_or(&[]), store);
+                return Ok(Attempt::LostRace);
+            }
+        }
+        let Some(StoredRecord { mut record, version }) = record else { return Ok(Attempt::Done(None)) };
+        record.prune(now_ns, Some(instance));
+        if !store.compare_and_swap(&self.record_key, record.as_bytes(), version)? {
+            self.undo(&keyed, store);
+            return Ok(Attempt::LostRace);
+        }
+        Ok(Attempt::Done(self.policy.concurrency.as_ref().map(|_| record.in_flight(now_ns))))
+    }
+
+    /// Gives back the token each written slot took. Best effort: if storage fails or stays
+    /// contended here, that limit loses one token.
+    fn undo(&self, written: &[KeyedSlot], store: &dyn SharedStore) {
+        for slot in written {
+            let Some(limit) = self.policy.limit(slot.limit) else { continue };
+            let _ = update(store, &slot.store_key, |stored| {
+                // The slot was taken over only if our bucket had refilled: nothing to undo.
+                match stored.filter(|bytes| read_u64(bytes, 0) == Some(slot.key_fingerprint)) {
+                    Some(bytes) => {
+                        let tat_ns = give_back(read_u64(&bytes, 8).unwrap_or(0), limit.ns_per_token);
+                        Change::Write(encode_slot(slot.key_fingerprint, tat_ns), ())
+                    }
+                    None => Change::Keep(()),
+                }
+            });
+        }
+    }
+
+    /// The limits in `set`, with their ids, in order.
+    fn limits_in(&self, set: LimitSet) -> impl Iterator<Item = (LimitId, &Limit)> {
+        set.iter().filter_map(|id| Some((id, self.policy.limit(id)?)))
     }
 
     /// Finds the slot a keyed request draws from; `true` if it is the overflow bucket.
-    fn locate(
+    fn locate_keyed_slot(
         &self,
-        i: usize,
+        id: LimitId,
         limit: &Limit,
         req: &dyn RequestView,
         now_ns: u64,
         store: &dyn SharedStore,
-    ) -> Result<(Cell, bool), StoreError> {
+    ) -> Result<(KeyedSlot, bool), StoreError> {
         let key_bytes = match limit.key {
             KeySource::ClientIp => Some(req.client_ip()),
             KeySource::Header(slot) => req.header(slot),
             KeySource::Global => None,
         };
         // Absent and present-but-empty keys hash apart (domain bit 0).
-        let domain = ((i as u64) << 1) | u64::from(key_bytes.is_some());
+        let domain = ((id.index() as u64) << 1) | u64::from(key_bytes.is_some());
         let fingerprint = keyhash::hash(self.seed, domain, key_bytes.unwrap_or_default()).clamp(1, EMPTY_SLOT - 1);
         let n = u64::from(limit.max_keys.max(1));
         let first = fingerprint % n;
         let second = fingerprint.rotate_left(32).wrapping_mul(0x9E37_79B9_7F4A_7C15) % n;
 
-        let a = self.load_slot(i, Some(first), store)?;
+        let a = self.load_slot(id, Some(first), store)?;
         if a.key_fingerprint == fingerprint {
             return Ok((a, false));
         }
-        let b = if second != first { Some(self.load_slot(i, Some(second), store)?) } else { None };
-        if let Some(b) = b.as_ref().filter(|b| b.key_fingerprint == fingerprint) {
-            return Ok((Cell { store_key: b.store_key.clone(), ..*b }, false));
-        }
+        let b = match (second != first).then(|| self.load_slot(id, Some(second), store)).transpose()? {
+            Some(b) if b.key_fingerprint == fingerprint => return Ok((b, false)),
+            b => b,
+        };
         // Not stored yet: claim a slot that is empty or whose bucket is full again (dropping a
         // full bucket loses nothing). A slot holding a partly used bucket is never taken.
         for candidate in std::iter::once(a).chain(b) {
             if candidate.key_fingerprint == EMPTY_SLOT || is_full(candidate.tat_ns, now_ns) {
-                return Ok((Cell { key_fingerprint: fingerprint, tat_ns: 0, ..candidate }, false));
+                return Ok((KeyedSlot { key_fingerprint: fingerprint, tat_ns: 0, ..candidate }, false));
             }
         }
         // Both slots hold live buckets of other keys: share the limit's overflow bucket.
-        Ok((self.load_slot(i, None, store)?, true))
+        Ok((self.load_slot(id, None, store)?, true))
     }
 
-    /// Reads slot `slot` of limit `i` (`None`: its overflow bucket).
-    fn load_slot(&self, i: usize, slot: Option<u64>, store: &dyn SharedStore) -> Result<Cell, StoreError> {
-        let prefix = self.slot_prefixes.get(i).map_or("", String::as_str);
+    /// Reads slot `slot` of limit `id` (`None`: its overflow bucket).
+    fn load_slot(&self, id: LimitId, slot: Option<u64>, store: &dyn SharedStore) -> Result<KeyedSlot, StoreError> {
+        let prefix = self.slot_prefixes.get(id.index()).map_or("", String::as_str);
         let mut store_key = String::with_capacity(prefix.len() + 20);
         store_key.push_str(prefix);
         match slot {
@@ -271,30 +350,11 @@ impl Guard {
             }
             None => (if slot.is_some() { EMPTY_SLOT } else { 0 }, 0, None),
         };
-        Ok(Cell { limit: i, store_key, version, key_fingerprint, tat_ns, new_tat_ns: 0 })
-    }
-
-    fn undo(&self, committed: &[Cell], store: &dyn SharedStore) {
-        for cell in committed {
-            let Some(limit) = self.limit(cell.limit) else { continue };
-            for _ in 0..MAX_ATTEMPTS {
-                let Ok(Some((bytes, version))) = store.load(&cell.store_key) else { break };
-                // The slot was taken over only if our bucket had refilled: nothing to undo.
-                if read_u64(&bytes, 0) != Some(cell.key_fingerprint) {
-                    break;
-                }
-                let tat_ns = give_back(read_u64(&bytes, 8).unwrap_or(0), limit.ns_per_token);
-                if let Ok(true) | Err(_) =
-                    store.compare_and_swap(&cell.store_key, &encode_slot(cell.key_fingerprint, tat_ns), Some(version))
-                {
-                    break;
-                }
-            }
-        }
+        Ok(KeyedSlot { limit: id, store_key, version, key_fingerprint, tat_ns, new_tat_ns: 0 })
     }
 
     /// Releases the in-flight slot a request took. Returns the new total, or `None` if storage
-    /// failed (the slot then stays counted until this VM's entry expires; see `record`).
+    /// failed (the caller keeps it for the next heartbeat; see `heartbeat`).
     pub fn release(&self, instance: u32, now_ns: u64, store: &dyn SharedStore) -> Option<u64> {
         self.update_record(store, now_ns, instance, |r| r.release(instance, now_ns))
     }
@@ -318,10 +378,15 @@ impl Guard {
     /// accepted (first on the main thread, before workers start), so every decision finds the
     /// record and writes it by compare-and-swap.
     pub fn create_record(&self, store: &dyn SharedStore) -> Result<(), StoreError> {
-        if store.load(&self.record_key)?.is_none() {
-            store.compare_and_swap(&self.record_key, &[], None)?;
+        let created = update(store, &self.record_key, |stored| match stored {
+            Some(_) => Change::Keep(()),
+            None => Change::Write([0u8; 0], ()),
+        });
+        match created {
+            Outcome::Failed => Err(StoreError),
+            // Contended: another worker wrote it, so it exists.
+            Outcome::Done { .. } | Outcome::Contended => Ok(()),
         }
-        Ok(())
     }
 
     /// Requests in flight now, as stored (a read, for tests and tools).
@@ -330,6 +395,8 @@ impl Guard {
         Some(Record::from_bytes(bytes.unwrap_or_default()).in_flight(now_ns))
     }
 
+    /// Changes the record by compare-and-swap, pruning it and refreshing `instance`'s entry;
+    /// returns the total in flight after, or `None` if storage failed or stayed contended.
     fn update_record(
         &self,
         store: &dyn SharedStore,
@@ -337,21 +404,15 @@ impl Guard {
         instance: u32,
         change: impl Fn(&mut Record),
     ) -> Option<u64> {
-        for _ in 0..MAX_ATTEMPTS {
-            let (bytes, version) = store.load(&self.record_key).ok()?.unzip();
-            let mut rec = Record::from_bytes(bytes.unwrap_or_default());
-            change(&mut rec);
-            rec.prune(now_ns, Some(instance));
-            if store.compare_and_swap(&self.record_key, rec.as_bytes(), version).ok()? {
-                return Some(rec.in_flight(now_ns));
-            }
-        }
-        None
+        update(store, &self.record_key, |stored| {
+            let mut record = Record::from_bytes(stored.unwrap_or_default());
+            change(&mut record);
+            record.prune(now_ns, Some(instance));
+            let in_flight = record.in_flight(now_ns);
+            Change::Write(record, in_flight)
+        })
+        .ok()
     }
-}
-
-fn bucket_for(limit: &Limit, class: usize) -> Bucket {
-    Bucket { ns_per_token: limit.ns_per_token, tolerance_ns: limit.class_tolerance_ns.get(class).copied().unwrap_or(0) }
 }
 
 /// A stored slot: the owning key's fingerprint and its bucket's arrival time.

@@ -3,29 +3,33 @@ use crate::classify::Request;
 use crate::config::{parse, NS_PER_S};
 use crate::metrics::{counter_names, for_each_counter};
 use crate::response::refusal;
+use crate::store::tests::{BrokenStore, RacingStore, RivalBetweenReadAndWrite};
 use crate::store::MemoryStore;
-use std::cell::Cell;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 const T0: u64 = 1_750_000_000 * NS_PER_S;
 const MS: u64 = 1_000_000;
 
-fn guard(json: &str) -> Guard {
-    Guard::new(parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e:?}")), "test", 42)
+fn admission(json: &str) -> Admission {
+    Admission::new(parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e:?}")), "test", 42)
+}
+
+fn limits(ids: &[usize]) -> LimitSet {
+    ids.iter().map(|&i| LimitId(i)).collect()
 }
 
 fn get(path: &str) -> (Vec<u8>, Vec<u8>) {
     (b"GET".to_vec(), path.as_bytes().to_vec())
 }
 
-fn decide_path(g: &Guard, path: &str, now: u64, store: &dyn SharedStore) -> Decision {
+fn decide_path(g: &Admission, path: &str, now: u64, store: &dyn SharedStore) -> Decision {
     let (method, path) = get(path);
     let headers: Vec<Option<Vec<u8>>> = vec![None; g.policy.header_names.len()];
     g.decide(&Request::new(&method, &path, &headers, b"10.0.0.1"), now, 1, store)
 }
 
-fn decide_key(g: &Guard, key: Option<&str>, now: u64, store: &dyn SharedStore) -> Decision {
+fn decide_key(g: &Admission, key: Option<&str>, now: u64, store: &dyn SharedStore) -> Decision {
     let headers = vec![key.map(|k| k.as_bytes().to_vec())];
     g.decide(&Request { headers: &headers, ..Request::default() }, now, 1, store)
 }
@@ -41,18 +45,18 @@ const TWO_CLASSES: &str = r#"{
 
 #[test]
 fn a_bucket_admits_burst_then_refuses_with_a_retry_time() {
-    let g = guard(r#"{"limits": [{"name": "g", "tokens_per_second": 2, "burst": 3}]}"#);
+    let g = admission(r#"{"limits": [{"name": "g", "tokens_per_second": 2, "burst": 3}]}"#);
     let store = MemoryStore::default();
     let results: Vec<bool> = (0..4).map(|_| admitted(&decide_path(&g, "/", T0, &store))).collect();
     assert_eq!(results, vec![true, true, true, false]);
     let d = decide_path(&g, "/", T0, &store);
-    assert_eq!(d.verdict, Verdict::RateLimited { limit: 0, retry_after_s: 1 });
+    assert_eq!(d.verdict, Verdict::RateLimited { limit: LimitId(0), retry_after_s: 1 });
     assert!(admitted(&decide_path(&g, "/", T0 + 500 * MS, &store)));
 }
 
 #[test]
 fn sheddable_traffic_cannot_take_the_reserved_share() {
-    let g = guard(TWO_CLASSES);
+    let g = admission(TWO_CLASSES);
     let store = MemoryStore::default();
     let shed_admitted = (0..20).filter(|_| admitted(&decide_path(&g, "/search", T0, &store))).count();
     assert_eq!(shed_admitted, 5, "reserve 0.5 of burst 10 leaves 5 for sheddable");
@@ -62,7 +66,7 @@ fn sheddable_traffic_cannot_take_the_reserved_share() {
 
 #[test]
 fn tokens_are_taken_only_when_every_limit_admits() {
-    let g = guard(
+    let g = admission(
         r#"{"limits": [{"name": "wide", "tokens_per_second": 1, "burst": 100},
                        {"name": "narrow", "tokens_per_second": 1, "burst": 2, "match": {"path_prefix": "/api"}}]}"#,
     );
@@ -77,20 +81,20 @@ fn tokens_are_taken_only_when_every_limit_admits() {
 
 #[test]
 fn the_refusal_names_the_limit_that_waits_longest() {
-    let g = guard(
+    let g = admission(
         r#"{"limits": [{"name": "fast", "tokens_per_second": 10, "burst": 1},
                        {"name": "slow", "tokens_per_second": 0.1, "burst": 1}]}"#,
     );
     let store = MemoryStore::default();
     assert!(admitted(&decide_path(&g, "/", T0, &store)));
     let d = decide_path(&g, "/", T0, &store);
-    assert_eq!(d.verdict, Verdict::RateLimited { limit: 1, retry_after_s: 10 });
-    assert_eq!((d.applied, d.refused), (0b11, 0b11));
+    assert_eq!(d.verdict, Verdict::RateLimited { limit: LimitId(1), retry_after_s: 10 });
+    assert_eq!((d.applied, d.refused), (limits(&[0, 1]), limits(&[0, 1])));
 }
 
 #[test]
 fn in_flight_limit_sheds_past_the_class_maximum_and_release_frees() {
-    let g = guard(
+    let g = admission(
         r#"{"classes": [{"name": "critical"}, {"name": "sheddable", "reserve": 0.5}],
             "rules": [{"match": {"path_prefix": "/checkout"}, "class": "critical"}],
             "concurrency": {"max_in_flight": 4, "retry_after_s": 2}}"#,
@@ -111,7 +115,7 @@ fn in_flight_limit_sheds_past_the_class_maximum_and_release_frees() {
 
 #[test]
 fn a_shed_request_takes_no_tokens() {
-    let g = guard(
+    let g = admission(
         r#"{"limits": [{"name": "g", "tokens_per_second": 1, "burst": 3}], "concurrency": {"max_in_flight": 1}}"#,
     );
     let store = MemoryStore::default();
@@ -124,35 +128,13 @@ fn a_shed_request_takes_no_tokens() {
     assert!(admitted(&decide_path(&g, "/", T0, &store)), "the two shed requests left the third token");
 }
 
-/// A store where another worker writes between a read and the next compare-and-swap.
-struct RacingStore {
-    inner: MemoryStore,
-    /// Compare-and-swaps left to lose (each loses by a concurrent write of the same value).
-    lose: Cell<u32>,
-}
-
-impl SharedStore for RacingStore {
-    fn load(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        self.inner.load(key)
-    }
-    fn compare_and_swap(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<bool, StoreError> {
-        if self.lose.get() > 0 {
-            self.lose.set(self.lose.get() - 1);
-            if let Some((current, _)) = self.inner.load(key)? {
-                self.inner.compare_and_swap(key, &current, None)?;
-            }
-        }
-        self.inner.compare_and_swap(key, value, version)
-    }
-}
-
 #[test]
 fn a_lost_race_is_retried_and_undone_so_each_limit_loses_exactly_one_token() {
-    let g = guard(
+    let g = admission(
         r#"{"limits": [{"name": "a", "tokens_per_second": 1, "burst": 5}, {"name": "b", "tokens_per_second": 1, "burst": 5}],
             "concurrency": {"max_in_flight": 10}}"#,
     );
-    let store = RacingStore { inner: MemoryStore::default(), lose: Cell::new(0) };
+    let store = RacingStore::losing(0);
     assert!(admitted(&decide_path(&g, "/", T0, &store)));
     // Lose the next 3 writes: a's first commit, then b's after a succeeded (undo a), ...
     store.lose.set(3);
@@ -164,8 +146,8 @@ fn a_lost_race_is_retried_and_undone_so_each_limit_loses_exactly_one_token() {
 
 #[test]
 fn endless_contention_fails_open_and_takes_nothing() {
-    let g = guard(r#"{"limits": [{"name": "a", "tokens_per_second": 1, "burst": 2}]}"#);
-    let store = RacingStore { inner: MemoryStore::default(), lose: Cell::new(0) };
+    let g = admission(r#"{"limits": [{"name": "a", "tokens_per_second": 1, "burst": 2}]}"#);
+    let store = RacingStore::losing(0);
     assert!(admitted(&decide_path(&g, "/", T0, &store)));
     store.lose.set(u32::MAX);
     assert_eq!(decide_path(&g, "/", T0, &store).verdict, Verdict::FailedOpen);
@@ -173,19 +155,9 @@ fn endless_contention_fails_open_and_takes_nothing() {
     assert_eq!((0..5).filter(|_| admitted(&decide_path(&g, "/", T0, &store))).count(), 1);
 }
 
-struct BrokenStore;
-impl SharedStore for BrokenStore {
-    fn load(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        Err(StoreError)
-    }
-    fn compare_and_swap(&self, _: &str, _: &[u8], _: Option<u32>) -> Result<bool, StoreError> {
-        Err(StoreError)
-    }
-}
-
 #[test]
 fn a_failing_host_store_fails_open() {
-    let g = guard(TWO_CLASSES);
+    let g = admission(TWO_CLASSES);
     assert_eq!(decide_path(&g, "/", T0, &BrokenStore).verdict, Verdict::FailedOpen);
     assert_eq!(g.release(1, T0, &BrokenStore), None);
 }
@@ -194,7 +166,7 @@ const PER_KEY: &str = r#"{"limits": [{"name": "k", "key": {"header": "x-api-key"
 
 #[test]
 fn one_keys_exhaustion_does_not_touch_another_key() {
-    let g = guard(PER_KEY);
+    let g = admission(PER_KEY);
     let store = MemoryStore::default();
     let a = (0..5).filter(|_| admitted(&decide_key(&g, Some("alice"), T0, &store))).count();
     let b = (0..5).filter(|_| admitted(&decide_key(&g, Some("bob"), T0, &store))).count();
@@ -203,7 +175,7 @@ fn one_keys_exhaustion_does_not_touch_another_key() {
 
 #[test]
 fn requests_without_the_key_header_share_one_bucket() {
-    let g = guard(PER_KEY);
+    let g = admission(PER_KEY);
     let store = MemoryStore::default();
     assert_eq!((0..5).filter(|_| admitted(&decide_key(&g, None, T0, &store))).count(), 2);
     assert!(admitted(&decide_key(&g, Some(""), T0, &store)), "an empty value is a key of its own");
@@ -211,7 +183,7 @@ fn requests_without_the_key_header_share_one_bucket() {
 
 #[test]
 fn key_storage_stays_bounded_whatever_the_cardinality() {
-    let g = guard(PER_KEY);
+    let g = admission(PER_KEY);
     let store = MemoryStore::default();
     for i in 0..5_000 {
         decide_key(&g, Some(&format!("attacker-{i}")), T0 + i * MS, &store);
@@ -221,7 +193,7 @@ fn key_storage_stays_bounded_whatever_the_cardinality() {
 
 #[test]
 fn a_partly_used_bucket_is_never_evicted_by_new_keys() {
-    let g = guard(
+    let g = admission(
         r#"{"limits": [{"name": "k", "key": {"header": "x-api-key"}, "tokens_per_second": 1, "burst": 3, "max_keys": 1}]}"#,
     );
     let store = MemoryStore::default();
@@ -230,7 +202,7 @@ fn a_partly_used_bucket_is_never_evicted_by_new_keys() {
     for i in 0..100 {
         let d = decide_key(&g, Some(&format!("rotating-{i}")), T0, &store);
         if i == 0 {
-            assert_eq!(d.overflowed, 1, "no slot left: the overflow bucket");
+            assert_eq!(d.overflowed, limits(&[0]), "no slot left: the overflow bucket");
         }
     }
     // legit still has exactly its one remaining token: not a fresh full bucket.
@@ -239,18 +211,18 @@ fn a_partly_used_bucket_is_never_evicted_by_new_keys() {
 
 #[test]
 fn a_refilled_bucket_gives_its_slot_to_a_new_key() {
-    let g = guard(
+    let g = admission(
         r#"{"limits": [{"name": "k", "key": {"header": "x-api-key"}, "tokens_per_second": 1, "burst": 1, "max_keys": 1}]}"#,
     );
     let store = MemoryStore::default();
     assert!(admitted(&decide_key(&g, Some("old"), T0, &store)));
     let d = decide_key(&g, Some("new"), T0 + 2 * NS_PER_S, &store);
-    assert!(admitted(&d) && d.overflowed == 0);
+    assert!(admitted(&d) && d.overflowed.is_empty());
 }
 
 #[test]
 fn client_ip_keys_isolate_clients() {
-    let g = guard(r#"{"limits": [{"name": "ip", "key": "client_ip", "tokens_per_second": 1, "burst": 1}]}"#);
+    let g = admission(r#"{"limits": [{"name": "ip", "key": "client_ip", "tokens_per_second": 1, "burst": 1}]}"#);
     let store = MemoryStore::default();
     let from = |ip: &[u8]| g.decide(&Request { client_ip: ip, ..Request::default() }, T0, 1, &store);
     assert!(admitted(&from(b"10.0.0.1")));
@@ -261,7 +233,7 @@ fn client_ip_keys_isolate_clients() {
 #[test]
 fn counters_follow_the_verdict_and_the_mode() {
     for (mode, refused) in [("enforce", "rate_limited"), ("shadow", "shadow_rate_limited")] {
-        let g = guard(&TWO_CLASSES.replace("\"classes\"", &format!("\"mode\": \"{mode}\", \"classes\"")));
+        let g = admission(&TWO_CLASSES.replace("\"classes\"", &format!("\"mode\": \"{mode}\", \"classes\"")));
         let names = counter_names(&g.policy);
         let store = MemoryStore::default();
         let mut bumped = Vec::new();
@@ -279,12 +251,15 @@ fn counters_follow_the_verdict_and_the_mode() {
 
 #[test]
 fn a_429_carries_every_contract_header() {
-    let g = guard(
+    let g = admission(
         r#"{"classes": [{"name": "critical"}, {"name": "standard", "reserve": 0.2}],
             "limits": [{"name": "storefront", "tokens_per_second": 4, "burst": 10}]}"#,
     );
     let store = MemoryStore::default();
-    let d = (0..20).map(|_| decide_path(&g, "/", T0, &store)).find(|d| d.verdict.is_refusal()).unwrap();
+    let d = (0..20)
+        .map(|_| decide_path(&g, "/", T0, &store))
+        .find(|d| matches!(d.verdict, Verdict::RateLimited { .. } | Verdict::Shed { .. }))
+        .unwrap();
     let r = refusal(&g.policy, &d).unwrap();
     assert_eq!(r.status, 429);
     assert_eq!(
@@ -300,7 +275,7 @@ fn a_429_carries_every_contract_header() {
 
 #[test]
 fn a_503_names_the_in_flight_shed() {
-    let g = guard(r#"{"concurrency": {"max_in_flight": 1}}"#);
+    let g = admission(r#"{"concurrency": {"max_in_flight": 1}}"#);
     let store = MemoryStore::default();
     decide_path(&g, "/", T0, &store);
     let r = refusal(&g.policy, &decide_path(&g, "/", T0, &store)).unwrap();
@@ -313,9 +288,9 @@ fn a_503_names_the_in_flight_shed() {
 
 #[test]
 fn an_unchanged_limit_keeps_its_state_across_a_reload() {
-    let before = guard(r#"{"limits": [{"name": "g", "tokens_per_second": 1, "burst": 2}]}"#);
-    let after_same = guard(r#"{"mode": "shadow", "limits": [{"name": "g", "tokens_per_second": 1, "burst": 2}]}"#);
-    let after_changed = guard(r#"{"limits": [{"name": "g", "tokens_per_second": 1, "burst": 3}]}"#);
+    let before = admission(r#"{"limits": [{"name": "g", "tokens_per_second": 1, "burst": 2}]}"#);
+    let after_same = admission(r#"{"mode": "shadow", "limits": [{"name": "g", "tokens_per_second": 1, "burst": 2}]}"#);
+    let after_changed = admission(r#"{"limits": [{"name": "g", "tokens_per_second": 1, "burst": 3}]}"#);
     let store = MemoryStore::default();
     decide_path(&before, "/", T0, &store);
     decide_path(&before, "/", T0, &store);
@@ -325,7 +300,7 @@ fn an_unchanged_limit_keeps_its_state_across_a_reload() {
 
 #[test]
 fn a_release_that_could_not_be_written_is_applied_by_the_next_heartbeat() {
-    let g = guard(r#"{"concurrency": {"max_in_flight": 2}}"#);
+    let g = admission(r#"{"concurrency": {"max_in_flight": 2}}"#);
     let store = MemoryStore::default();
     assert!(admitted(&decide_path(&g, "/", T0, &store)));
     assert!(admitted(&decide_path(&g, "/", T0, &store)));
@@ -336,39 +311,26 @@ fn a_release_that_could_not_be_written_is_applied_by_the_next_heartbeat() {
 }
 
 /// Worker 2 makes a whole decision between worker 1's read of the record and its write.
-struct InterleavingStore<'a> {
-    inner: &'a MemoryStore,
-    guard: &'a Guard,
-    interfere: Cell<bool>,
-}
-
-impl SharedStore for InterleavingStore<'_> {
-    fn load(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        let loaded = self.inner.load(key);
-        if self.interfere.take() {
-            let (method, path) = get("/");
-            self.guard.decide(&Request::new(&method, &path, &[], b"10.0.0.2"), T0, 2, self.inner);
-        }
-        loaded
-    }
-    fn compare_and_swap(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<bool, StoreError> {
-        self.inner.compare_and_swap(key, value, version)
-    }
+fn with_rival_decision<'a>(store: &'a MemoryStore, g: &'a Admission) -> RivalBetweenReadAndWrite<'a> {
+    RivalBetweenReadAndWrite::new(store, move |inner| {
+        let (method, path) = get("/");
+        g.decide(&Request::new(&method, &path, &[], b"10.0.0.2"), T0, 2, inner);
+    })
 }
 
 #[test]
 fn a_record_created_at_configuration_keeps_two_first_decisions_exact() {
-    let g = guard(r#"{"concurrency": {"max_in_flight": 10}}"#);
+    let g = admission(r#"{"concurrency": {"max_in_flight": 10}}"#);
     // Without it, both workers find no record and the later unconditional write wins.
     let store = MemoryStore::default();
-    let racing = InterleavingStore { inner: &store, guard: &g, interfere: Cell::new(true) };
+    let racing = with_rival_decision(&store, &g);
     assert!(admitted(&decide_path(&g, "/", T0, &racing)));
     assert_eq!(g.in_flight(T0, &store), Some(1), "one of the two slots was written over");
     // With it, the later write is a compare-and-swap that loses, retries and counts both.
     let store = MemoryStore::default();
     g.create_record(&store).unwrap();
     g.create_record(&store).unwrap();
-    let racing = InterleavingStore { inner: &store, guard: &g, interfere: Cell::new(true) };
+    let racing = with_rival_decision(&store, &g);
     assert!(admitted(&decide_path(&g, "/", T0, &racing)));
     assert_eq!(g.in_flight(T0, &store), Some(2));
 }

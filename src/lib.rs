@@ -5,18 +5,29 @@
 //! `now_ns`, shared state through [`store::SharedStore`].
 //!
 //! - [`config`]: the JSON configuration, parsed, validated and compiled in one place;
+//! - [`ids`]: typed indices into a compiled policy (`ClassId`, `LimitId`, `LimitSet`);
 //! - [`classify`]: which class a request is;
 //! - [`bucket`]: token bucket arithmetic on one `u64`;
+//! - [`store`]: the shared storage trait and its one read-modify-write primitive (`update`,
+//!   `retry`, one retry bound);
 //! - [`record`]: unkeyed buckets and the in-flight table in one shared value;
 //! - [`keyhash`]: the seeded hash behind storage keys;
-//! - [`decision`]: what happens to one request;
+//! - [`instance`]: this VM's instance id and the key-hashing seed all VMs agree on;
+//! - [`decision`]: what happens to one request, step by step (`Admission`);
 //! - [`response`], [`metrics`]: what the client and the operator see;
-//! - [`lease`], [`rls`]: fleet-wide limits: tokens leased from a rate limit service, and its messages.
+//! - [`lease`]: fleet-wide limits: tokens leased from a rate limit service in blocks and spent
+//!   locally; [`rls`]: that service's messages.
+//!
+//! A new mechanism (an adaptive in-flight limit) gets its own module here, pure and on time
+//! passed in, keeping its shared state through `store::update`; its host glue goes beside
+//! `host/http.rs`.
 
 pub mod bucket;
 pub mod classify;
 pub mod config;
 pub mod decision;
+pub mod ids;
+pub mod instance;
 pub mod json;
 pub mod keyhash;
 pub mod lease;

@@ -7,7 +7,8 @@
 //! - `surgeguard.in_flight`, `surgeguard.max_in_flight` (gauges)
 
 use crate::config::{Mode, Policy};
-use crate::decision::{bits, Decision, Verdict};
+use crate::decision::{Decision, Verdict};
+use crate::ids::LimitId;
 
 pub const CLASS_OUTCOMES: [&str; 5] = ["admitted", "rate_limited", "shed", "shadow_rate_limited", "shadow_shed"];
 pub const LIMIT_OUTCOMES: [&str; 4] = ["admitted", "rate_limited", "shadow_rate_limited", "key_overflow"];
@@ -41,20 +42,22 @@ pub fn counter_names(policy: &Policy) -> Vec<String> {
 /// Calls `bump` with the index (into [`counter_names`]) of every counter one decision adds 1 to.
 pub fn for_each_counter(policy: &Policy, decision: &Decision, mut bump: impl FnMut(usize)) {
     let shadow = policy.mode == Mode::Shadow;
-    let class_base = decision.class * CLASS_OUTCOMES.len();
-    let limit_base = |l: usize| policy.classes.len() * CLASS_OUTCOMES.len() + l * LIMIT_OUTCOMES.len();
+    let class_base = decision.class.index() * CLASS_OUTCOMES.len();
+    let limits_base = policy.classes.len() * CLASS_OUTCOMES.len();
+    let limit_base = |l: LimitId| limits_base + l.index() * LIMIT_OUTCOMES.len();
+    let fail_open = limits_base + policy.limits.len() * LIMIT_OUTCOMES.len();
     let refused_outcome = if shadow { SHADOW_RATE_LIMITED_LIMIT } else { RATE_LIMITED };
     match decision.verdict {
         Verdict::Admitted { .. } => {
             bump(class_base + ADMITTED);
-            bits(decision.applied).for_each(|l| bump(limit_base(l) + ADMITTED));
+            decision.applied.iter().for_each(|l| bump(limit_base(l) + ADMITTED));
         }
         Verdict::RateLimited { .. } => {
             bump(class_base + if shadow { SHADOW_RATE_LIMITED_CLASS } else { RATE_LIMITED });
-            bits(decision.refused).for_each(|l| bump(limit_base(l) + refused_outcome));
+            decision.refused.iter().for_each(|l| bump(limit_base(l) + refused_outcome));
         }
         Verdict::Shed { .. } => bump(class_base + if shadow { SHADOW_SHED } else { SHED }),
-        Verdict::FailedOpen => bump(limit_base(policy.limits.len())),
+        Verdict::FailedOpen => bump(fail_open),
     }
-    bits(decision.overflowed).for_each(|l| bump(limit_base(l) + KEY_OVERFLOW));
+    decision.overflowed.iter().for_each(|l| bump(limit_base(l) + KEY_OVERFLOW));
 }

@@ -153,6 +153,13 @@ impl Record {
     }
 }
 
+/// What is written back (see `store::update`).
+impl AsRef<[u8]> for Record {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 fn in_flight_tag(instance: u32) -> u64 {
     IN_FLIGHT_TAG | u64::from(instance)
 }

@@ -16,10 +16,10 @@ pub struct Refusal {
 
 /// The reply for a refusal, or `None` if the request is admitted.
 pub fn refusal(policy: &Policy, decision: &Decision) -> Option<Refusal> {
-    let class = policy.classes.get(decision.class).map_or("", |c| c.name.as_str());
+    let class = policy.class(decision.class).map_or("", |c| c.name.as_str());
     match decision.verdict {
         Verdict::RateLimited { limit, retry_after_s } => {
-            let limit = policy.limits.get(limit)?;
+            let limit = policy.limit(limit)?;
             Some(Refusal {
                 status: 429,
                 headers: vec![

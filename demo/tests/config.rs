@@ -87,7 +87,7 @@ fn the_demo_traffic_gets_the_classes_the_issue_asks_for() {
             headers: &headers,
             client_ip: b"127.0.0.1",
         };
-        policy.classes[classify(&policy, &r)].name.clone()
+        policy.classes[classify(&policy, &r).index()].name.clone()
     };
     let mut rng = Rng::new(9);
     for _ in 0..200 {

@@ -2,7 +2,7 @@
 //! The in-flight slot is released exactly once, when the stream ends in any way.
 
 use super::adapters::{now_ns, HostStore};
-use super::root::Active;
+use super::root::ConfigInForce;
 use crate::classify::{strip_query, RequestView};
 use crate::config::Mode;
 use crate::decision::Verdict;
@@ -15,22 +15,22 @@ use std::cell::OnceCell;
 use std::rc::Rc;
 
 pub struct RequestFilter {
-    active: Rc<Active>,
+    config: Rc<ConfigInForce>,
     holds_in_flight_slot: bool,
 }
 
 impl RequestFilter {
-    pub fn new(active: Rc<Active>) -> RequestFilter {
-        RequestFilter { active, holds_in_flight_slot: false }
+    pub fn new(config: Rc<ConfigInForce>) -> RequestFilter {
+        RequestFilter { config, holds_in_flight_slot: false }
     }
 
     fn release_in_flight_slot(&mut self) {
         if std::mem::take(&mut self.holds_in_flight_slot) {
-            let a = &self.active;
-            match a.guard.release(a.instance, now_ns(), &HostStore) {
-                Some(total) => a.metrics.set_in_flight(total),
+            let c = &self.config;
+            match c.admission.release(c.instance, now_ns(), &HostStore) {
+                Some(total) => c.metrics.set_in_flight(total),
                 // Never dropped: the root's next tick applies it.
-                None => a.late_releases.set(a.late_releases.get() + 1),
+                None => c.late_releases.set(c.late_releases.get() + 1),
             }
         }
     }
@@ -98,14 +98,14 @@ impl Context for RequestFilter {}
 
 impl HttpContext for RequestFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let active = Rc::clone(&self.active);
-        let policy = &active.guard.policy;
+        let config = Rc::clone(&self.config);
+        let policy = &config.admission.policy;
         let req = HostRequest::new(&policy.header_names);
-        let decision = active.guard.decide(&req, now_ns(), active.instance, &HostStore);
-        for_each_counter(policy, &decision, |i| active.metrics.bump(i));
+        let decision = config.admission.decide(&req, now_ns(), config.instance, &HostStore);
+        for_each_counter(policy, &decision, |i| config.metrics.bump(i));
         if let Verdict::Admitted { in_flight: Some(total) } = decision.verdict {
             self.holds_in_flight_slot = true;
-            active.metrics.set_in_flight(total);
+            config.metrics.set_in_flight(total);
         }
         if policy.mode == Mode::Shadow {
             return Action::Continue;

@@ -3,9 +3,9 @@
 
 use super::adapters::{define, now_ns, HostStore, Metrics};
 use super::http::RequestFilter;
-use crate::decision::Guard;
+use crate::decision::Admission;
+use crate::instance::{agree_on_seed, allocate_instance_id};
 use crate::record::HEARTBEAT_PERIOD_MS;
-use crate::store::{read_u64, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MetricType};
@@ -14,8 +14,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 /// The configuration in force and what serving it needs; shared by this plugin's requests.
-pub struct Active {
-    pub guard: Guard,
+pub struct ConfigInForce {
+    pub admission: Admission,
     pub metrics: Metrics,
     pub instance: u32,
     /// Releases that storage refused when their streams ended; applied on the next tick.
@@ -24,7 +24,7 @@ pub struct Active {
 
 #[derive(Default)]
 pub struct SurgeguardRoot {
-    active: Option<Rc<Active>>,
+    in_force: Option<Rc<ConfigInForce>>,
     config_rejected: Option<u32>,
 }
 
@@ -33,39 +33,15 @@ thread_local! {
     static INSTANCE: Cell<u32> = const { Cell::new(0) };
 }
 
-const INSTANCE_COUNTER_KEY: &str = "surgeguard/instances";
-const SEED_KEY: &str = "surgeguard/seed";
-
-/// Allocates this VM's instance id from a shared counter (compare-and-swap).
-fn instance_id() -> u32 {
+/// This VM's instance id, allocated once (see `instance`).
+fn instance_id(now_ns: u64) -> u32 {
     let current = INSTANCE.with(Cell::get);
     if current != 0 {
         return current;
     }
-    let store = HostStore;
-    let mut id = 1;
-    for _ in 0..32 {
-        let loaded = store.load(INSTANCE_COUNTER_KEY).ok().flatten();
-        let version = loaded.as_ref().map(|(_, v)| *v);
-        id = loaded.and_then(|(b, _)| read_u64(&b, 0)).unwrap_or(0) as u32 + 1;
-        if let Ok(true) = store.compare_and_swap(INSTANCE_COUNTER_KEY, &u64::from(id).to_le_bytes(), version) {
-            break;
-        }
-    }
+    let id = allocate_instance_id(&HostStore, now_ns);
     INSTANCE.with(|c| c.set(id));
     id
-}
-
-/// The key-hashing seed: made once per Envoy process by whichever VM configures first
-/// (the main thread, before any worker) and read by every other.
-fn shared_seed() -> u64 {
-    let store = HostStore;
-    if let Some(seed) = store.load(SEED_KEY).ok().flatten().and_then(|(b, _)| read_u64(&b, 0)) {
-        return seed;
-    }
-    let seed = now_ns() ^ 0x5eed_5eed_0000_0000 ^ (u64::from(instance_id()) << 17);
-    let _ = store.compare_and_swap(SEED_KEY, &seed.to_le_bytes(), None);
-    store.load(SEED_KEY).ok().flatten().and_then(|(b, _)| read_u64(&b, 0)).unwrap_or(seed)
 }
 
 fn plugin_name() -> String {
@@ -83,8 +59,8 @@ impl Drop for SurgeguardRoot {
     // what was counted. Here rather than in `on_done`, which the module does not export
     // (src/host/exports.txt): Envoy would otherwise call it for every request too.
     fn drop(&mut self) {
-        if let Some(a) = &self.active {
-            a.metrics.flush();
+        if let Some(c) = &self.in_force {
+            c.metrics.flush();
         }
     }
 }
@@ -114,45 +90,47 @@ impl RootContext for SurgeguardRoot {
             }
         };
         let namespace = format!("surgeguard/{}", plugin_name());
-        let guard = Guard::new(policy, &namespace, shared_seed());
+        let configured_at_ns = now_ns();
+        let instance = instance_id(configured_at_ns);
+        let seed = agree_on_seed(&HostStore, configured_at_ns, instance);
+        let admission = Admission::new(policy, &namespace, seed);
         // Failing here is not fatal: a decision that finds no record still works (see there).
-        let _ = guard.create_record(&HostStore);
-        let names = crate::metrics::counter_names(&guard.policy);
-        let metrics = Metrics::new(&names, guard.policy.concurrency.as_ref().map(|c| c.max_in_flight));
-        let instance = instance_id();
+        let _ = admission.create_record(&HostStore);
+        let policy = &admission.policy;
+        let names = crate::metrics::counter_names(policy);
+        let metrics = Metrics::new(&names, policy.concurrency.as_ref().map(|c| c.max_in_flight));
         // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive.
         let _ = hostcalls::set_tick_period(Duration::from_millis(HEARTBEAT_PERIOD_MS));
         log::info!(
             "surgeguard: configuration accepted: mode {:?}, {} classes, {} rules, {} limits, in-flight limit {}",
-            guard.policy.mode,
-            guard.policy.classes.len(),
-            guard.policy.rules.len(),
-            guard.policy.limits.len(),
-            guard.policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string())
+            policy.mode,
+            policy.classes.len(),
+            policy.rules.len(),
+            policy.limits.len(),
+            policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string())
         );
-        if let Some(previous) =
-            self.active.replace(Rc::new(Active { guard, metrics, instance, late_releases: Cell::new(0) }))
-        {
+        let in_force = ConfigInForce { admission, metrics, instance, late_releases: Cell::new(0) };
+        if let Some(previous) = self.in_force.replace(Rc::new(in_force)) {
             previous.metrics.flush();
         }
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(a) = &self.active {
-            if let Some(total) = a.guard.heartbeat(a.instance, now_ns(), a.late_releases.get(), &HostStore) {
-                a.late_releases.set(0);
-                a.metrics.set_in_flight(total);
+        if let Some(c) = &self.in_force {
+            if let Some(total) = c.admission.heartbeat(c.instance, now_ns(), c.late_releases.get(), &HostStore) {
+                c.late_releases.set(0);
+                c.metrics.set_in_flight(total);
             }
-            a.metrics.flush();
+            c.metrics.flush();
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Without an accepted configuration there is no root to serve; Envoy never gets here
         // then, since a refused configuration stops the filter from being installed.
-        let active = self.active.clone()?;
-        Some(Box::new(RequestFilter::new(active)))
+        let in_force = self.in_force.clone()?;
+        Some(Box::new(RequestFilter::new(in_force)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -12,6 +12,7 @@
 
 use crate::ids::{ClassId, LimitId};
 use crate::json::{self, Map, Value};
+use crate::lease::LeaseParams;
 use std::fmt;
 
 /// Default and bounds, kept together so the README reference can be checked against them.
@@ -25,6 +26,13 @@ pub const MAX_IN_FLIGHT: u64 = 1_000_000;
 pub const MAX_LIMITS: usize = 64;
 pub const DEFAULT_SHED_RETRY_AFTER_S: u64 = 1;
 pub const NS_PER_S: u64 = 1_000_000_000;
+pub const DEFAULT_FLEET_TIMEOUT_MS: u64 = 50;
+pub const MAX_FLEET_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_FLEET_REFILL_MS: u64 = 250;
+/// In local mode, how often a fleet limit tries the service again.
+pub const FLEET_PROBE_PERIOD_MS: u64 = 500;
+/// The descriptor entry a fleet limit sends when none is configured: `surgeguard_limit=<name>`.
+pub const DEFAULT_DESCRIPTOR_KEY: &str = "surgeguard_limit";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -115,6 +123,29 @@ pub struct Limit {
     /// Identifies the bucket arithmetic; part of the storage key so a changed rate or burst
     /// starts from a fresh full bucket while an unchanged limit keeps its state across reloads.
     pub state_id: String,
+    /// Fleet-wide: tokens leased from a rate limit service. The bucket above is then the local
+    /// fallback, `local_share` of the fleet limit, used while the service is unreachable.
+    pub fleet: Option<Fleet>,
+}
+
+/// A fleet-wide limit's link to its rate limit service (see `lease`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fleet {
+    /// The Envoy cluster the service is reached through (HTTP/2, gRPC).
+    pub cluster: String,
+    pub domain: String,
+    /// The one descriptor's entries, sent with every lease call.
+    pub descriptor: Vec<(String, String)>,
+    pub local_share: f64,
+    pub lease: LeaseParams,
+    /// Per class: the fleet tokens that must remain after a take, `reserve x burst`.
+    pub class_reserve_tokens: Vec<u64>,
+}
+
+impl Fleet {
+    pub fn reserve_tokens(&self, class: ClassId) -> u64 {
+        self.class_reserve_tokens.get(class.index()).copied().unwrap_or(u64::MAX)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -208,6 +239,16 @@ pub const REFERENCE: &[FieldDoc] = &[
     doc("limits[].burst", true, "", "Bucket size, a whole number >= 1; the bucket starts full."),
     doc("limits[].match", false, "every request", "Which requests this limit applies to (see `match.*`)."),
     doc("limits[].max_keys", false, "10000", "Keyed limits only: most buckets held. A full (refilled) bucket gives up its slot; a new key finding none shares the limit's overflow bucket."),
+    doc("limits[].fleet", false, "per Envoy", "Makes a `global` limit fleet-wide: every Envoy leases tokens from a rate limit service (Envoy's `envoy.service.ratelimit.v3` API: Limitador, envoyproxy/ratelimit) and spends them locally. Write the service's limit as `burst` hits per `burst / tokens_per_second` seconds. See docs/operations.md."),
+    doc("limits[].fleet.cluster", true, "", "Envoy cluster of the rate limit service (HTTP/2)."),
+    doc("limits[].fleet.domain", true, "", "The rate limit service's domain (Limitador's namespace)."),
+    doc("limits[].fleet.descriptor", false, "`[{\"key\": \"surgeguard_limit\", \"value\": <name>}]`", "The descriptor's entries sent with every lease call, matching the limit written in the service."),
+    doc("limits[].fleet.descriptor[].key", true, "", "Entry key."),
+    doc("limits[].fleet.descriptor[].value", true, "", "Entry value."),
+    doc("limits[].fleet.local_share", true, "", "0.0-1.0 (> 0): the share of the limit each Envoy admits on its own while the service is unreachable (priorities still apply); about 1 / the number of Envoys."),
+    doc("limits[].fleet.timeout_ms", false, "50", "A lease call not answered by then has failed (1 to 5000): the limit falls back to its local share and tries again every 500 ms. No request ever waits on a call."),
+    doc("limits[].fleet.refill_ms", false, "250", "Target time between lease calls under steady load (10 to 10000): a lease holds about twice this much of the observed rate."),
+    doc("limits[].fleet.max_lease", false, "burst / 4", "Most tokens one lease call asks for (1 to `burst`)."),
     doc("concurrency", false, "no limit", "The in-flight limit."),
     doc("concurrency.max_in_flight", true, "", "Most requests in flight to the upstream at once, across all workers, 1 to 1000000."),
     doc("concurrency.retry_after_s", false, "1", "`retry-after` of a shed (503) reply, 1 to 3600."),
@@ -719,6 +760,15 @@ impl Compiler {
                     n
                 }
             };
+            let fleet = match (obj.get("fleet"), &name) {
+                (None, _) => Some(None),
+                (Some(f), name) => {
+                    if key.as_ref().is_some_and(|k| *k != KeySource::Global) {
+                        self.error(&p("fleet"), "applies only to a \"global\" limit", Some(f));
+                    }
+                    self.fleet_link(&p("fleet"), f, name.as_deref().unwrap_or_default(), burst).map(Some)
+                }
+            };
             if let (Some(rate), Some(burst)) = (rate, burst) {
                 if burst as f64 / rate > MAX_WINDOW_S {
                     self.error(&p("burst"), "burst / tokens_per_second must be <= 1e9 seconds", obj.get("burst"));
@@ -728,15 +778,94 @@ impl Compiler {
                 ok = false;
                 continue;
             }
-            let (Some(name), Some(key), Some(rate), Some(burst), Some(matcher), Some(max_keys)) =
-                (name, key, rate, burst, matcher, max_keys)
+            let (Some(name), Some(key), Some(rate), Some(burst), Some(matcher), Some(max_keys), Some(fleet)) =
+                (name, key, rate, burst, matcher, max_keys, fleet)
             else {
                 ok = false;
                 continue;
             };
-            out.push(compile_limit(name, key, rate, burst, matcher, max_keys as u32, classes));
+            let spec = LimitSpec { name, key, tokens_per_second: rate, burst, matcher, max_keys: max_keys as u32 };
+            out.push(compile_limit(spec, fleet, classes));
         }
         ok.then_some(out)
+    }
+
+    /// `limits[].fleet`, checked; `burst` (if valid) bounds `max_lease`.
+    fn fleet_link(&mut self, path: &str, v: &Value, limit_name: &str, burst: Option<u64>) -> Option<FleetLink> {
+        let obj = self.object(path, v, "limits[].fleet")?;
+        let errors_before = self.errors.len();
+        let p = |f: &str| field_path(path, f);
+        let required_string = |c: &mut Self, field: &str| match obj.get(field) {
+            Some(s) => c.non_empty_string(&p(field), s).map(str::to_string),
+            None => {
+                c.error(&p(field), "required", None);
+                None
+            }
+        };
+        let cluster = required_string(self, "cluster");
+        let domain = required_string(self, "domain");
+        let descriptor = match obj.get("descriptor") {
+            None => Some(vec![(DEFAULT_DESCRIPTOR_KEY.to_string(), limit_name.to_string())]),
+            Some(d) => self.descriptor(&p("descriptor"), d),
+        };
+        let local_share = match obj.get("local_share") {
+            None => {
+                self.error(&p("local_share"), "required", None);
+                None
+            }
+            Some(x) => self.number(&p("local_share"), x).and_then(|n| {
+                if n > 0.0 && n <= 1.0 {
+                    Some(n)
+                } else {
+                    self.error(&p("local_share"), "must be > 0.0 and <= 1.0", Some(x));
+                    None
+                }
+            }),
+        };
+        let optional_integer = |c: &mut Self, field: &str, default: u64, min: u64, max: u64| match obj.get(field) {
+            None => Some(default),
+            Some(x) => c.integer(&p(field), x, min, max),
+        };
+        let timeout_ms = optional_integer(self, "timeout_ms", DEFAULT_FLEET_TIMEOUT_MS, 1, MAX_FLEET_TIMEOUT_MS);
+        let refill_ms = optional_integer(self, "refill_ms", DEFAULT_FLEET_REFILL_MS, 10, 10_000);
+        let burst = burst.unwrap_or(MAX_BURST);
+        let max_lease = optional_integer(self, "max_lease", (burst / 4).max(1), 1, burst);
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        Some(FleetLink {
+            cluster: cluster?,
+            domain: domain?,
+            descriptor: descriptor?,
+            local_share: local_share?,
+            timeout_ms: timeout_ms?,
+            refill_ms: refill_ms?,
+            max_lease: max_lease?,
+        })
+    }
+
+    fn descriptor(&mut self, path: &str, v: &Value) -> Option<Vec<(String, String)>> {
+        let list = self.array(path, v)?;
+        if list.is_empty() {
+            self.error(path, "must hold at least one entry", Some(v));
+            return None;
+        }
+        let mut out = Vec::new();
+        for (i, e) in list.iter().enumerate() {
+            let epath = format!("{path}[{i}]");
+            let Some(obj) = self.object(&epath, e, "limits[].fleet.descriptor[]") else { continue };
+            let entry = |c: &mut Self, field: &str| match obj.get(field) {
+                Some(s) => c.non_empty_string(&field_path(&epath, field), s).map(str::to_string),
+                None => {
+                    c.error(&field_path(&epath, field), "required", None);
+                    None
+                }
+            };
+            if let (Some(k), Some(v)) = (entry(self, "key"), entry(self, "value")) {
+                out.push((k, v));
+            }
+        }
+        (out.len() == list.len()).then_some(out)
     }
 
     fn key_source(&mut self, path: &str, v: &Value) -> Option<KeySource> {
@@ -783,28 +912,42 @@ impl Compiler {
     }
 }
 
-fn compile_limit(
+/// A limit's validated fields, before compilation.
+struct LimitSpec {
     name: String,
     key: KeySource,
     tokens_per_second: f64,
     burst: u64,
     matcher: Option<Matcher>,
     max_keys: u32,
-    classes: &[Class],
-) -> Limit {
-    let ns_per_token = ((NS_PER_S as f64 / tokens_per_second).round() as u64).max(1);
-    let class_tolerance_ns = classes
-        .iter()
-        .map(|c| {
-            // The bucket admits iff, after the take, reserve x burst tokens remain: the arrival
-            // time may then run at most (1 - reserve) x burst tokens of time ahead of now.
-            let tokens = (1.0 - c.reserve) * burst as f64;
-            (tokens * ns_per_token as f64 + 1e-6).floor() as u64
-        })
-        .collect();
+}
+
+/// `limits[].fleet`, validated.
+struct FleetLink {
+    cluster: String,
+    domain: String,
+    descriptor: Vec<(String, String)>,
+    local_share: f64,
+    timeout_ms: u64,
+    refill_ms: u64,
+    max_lease: u64,
+}
+
+fn compile_limit(spec: LimitSpec, fleet: Option<FleetLink>, classes: &[Class]) -> Limit {
+    let LimitSpec { name, key, tokens_per_second, burst, matcher, max_keys } = spec;
     let window_s = (burst as f64 / tokens_per_second).ceil().max(1.0) as u64;
     let policy_header = format!("\"{name}\";q={burst};w={window_s}");
-    let state_id = format!("{name}@{ns_per_token}x{burst}");
+    // A fleet limit's own bucket is its local fallback: `local_share` of the fleet limit.
+    let (bucket_rate, bucket_burst) = match &fleet {
+        Some(f) => (tokens_per_second * f.local_share, ((burst as f64 * f.local_share).floor() as u64).max(1)),
+        None => (tokens_per_second, burst),
+    };
+    let (ns_per_token, class_tolerance_ns) = bucket_arithmetic(bucket_rate, bucket_burst, classes);
+    let state_id = match &fleet {
+        Some(_) => format!("{name}@{ns_per_token}x{bucket_burst}/fleet"),
+        None => format!("{name}@{ns_per_token}x{burst}"),
+    };
+    let fleet = fleet.map(|f| compile_fleet(f, tokens_per_second, burst, classes));
     Limit {
         name,
         key,
@@ -817,7 +960,48 @@ fn compile_limit(
         window_s,
         policy_header,
         state_id,
+        fleet,
     }
+}
+
+fn compile_fleet(f: FleetLink, tokens_per_second: f64, burst: u64, classes: &[Class]) -> Fleet {
+    const NS_PER_MS: u64 = 1_000_000;
+    let max_hits = u32::try_from(f.max_lease).unwrap_or(u32::MAX);
+    let lease = LeaseParams {
+        capacity: burst,
+        window_ns: ((burst as f64 / tokens_per_second) * NS_PER_S as f64).ceil().max(1.0) as u64,
+        timeout_ns: f.timeout_ms * NS_PER_MS,
+        refill_period_ns: f.refill_ms * NS_PER_MS,
+        // Small enough not to strand tokens at an idle Envoy, large enough that a cold start
+        // does not call once per request.
+        min_hits: u32::try_from((burst / 100).clamp(1, f.max_lease)).unwrap_or(1),
+        max_hits,
+        probe_period_ns: FLEET_PROBE_PERIOD_MS * NS_PER_MS,
+    };
+    let class_reserve_tokens = classes.iter().map(|c| (c.reserve * burst as f64 + 1e-9).floor() as u64).collect();
+    Fleet {
+        cluster: f.cluster,
+        domain: f.domain,
+        descriptor: f.descriptor,
+        local_share: f.local_share,
+        lease,
+        class_reserve_tokens,
+    }
+}
+
+/// One token's time, and per class how far ahead of now a take may run the bucket.
+fn bucket_arithmetic(tokens_per_second: f64, burst: u64, classes: &[Class]) -> (u64, Vec<u64>) {
+    let ns_per_token = ((NS_PER_S as f64 / tokens_per_second).round() as u64).max(1);
+    let class_tolerance_ns = classes
+        .iter()
+        .map(|c| {
+            // The bucket admits iff, after the take, reserve x burst tokens remain: the arrival
+            // time may then run at most (1 - reserve) x burst tokens of time ahead of now.
+            let tokens = (1.0 - c.reserve) * burst as f64;
+            (tokens * ns_per_token as f64 + 1e-6).floor() as u64
+        })
+        .collect();
+    (ns_per_token, class_tolerance_ns)
 }
 
 #[cfg(test)]

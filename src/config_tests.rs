@@ -223,6 +223,8 @@ fn documented_defaults_are_the_ones_the_code_uses() {
     let default_of = |path: &str| REFERENCE.iter().find(|d| d.path == path).map(|d| d.default);
     assert_eq!(default_of("limits[].max_keys"), Some(DEFAULT_MAX_KEYS.to_string().as_str()));
     assert_eq!(default_of("concurrency.retry_after_s"), Some(DEFAULT_SHED_RETRY_AFTER_S.to_string().as_str()));
+    assert_eq!(default_of("limits[].fleet.timeout_ms"), Some(DEFAULT_FLEET_TIMEOUT_MS.to_string().as_str()));
+    assert_eq!(default_of("limits[].fleet.refill_ms"), Some(DEFAULT_FLEET_REFILL_MS.to_string().as_str()));
     let p = policy(r#"{"concurrency": {"max_in_flight": 3}}"#);
     assert_eq!(p.concurrency.map(|c| c.retry_after_s), Some(DEFAULT_SHED_RETRY_AFTER_S));
 }
@@ -236,7 +238,10 @@ fn every_documented_field_is_accepted() {
                 {"match": {"header": {"name": "x", "contains": "y"}}, "class": "a"},
                 {"match": {"header": {"name": "x", "present": false}}, "class": "a"}],
       "limits": [{"name": "l", "key": {"header": "k"}, "tokens_per_second": 1, "burst": 1,
-                  "match": {"path": "/"}, "max_keys": 7}],
+                  "match": {"path": "/"}, "max_keys": 7},
+                 {"name": "f", "tokens_per_second": 1, "burst": 4,
+                  "fleet": {"cluster": "rls", "domain": "d", "descriptor": [{"key": "k", "value": "v"}],
+                            "local_share": 0.5, "timeout_ms": 20, "refill_ms": 100, "max_lease": 2}}],
       "concurrency": {"max_in_flight": 1, "retry_after_s": 2}}"#;
     assert_eq!(errors(all), Vec::<String>::new());
     let used: Vec<&str> = REFERENCE.iter().map(|d| d.path.rsplit('.').next().unwrap_or(d.path)).collect();
@@ -245,6 +250,65 @@ fn every_documented_field_is_accepted() {
         assert!(all.contains(&format!("\"{name}\"")), "{} is documented but not exercised", d.path);
     }
     assert!(!used.is_empty());
+}
+
+#[test]
+fn a_fleet_limit_compiles_its_lease_and_a_local_fallback_of_its_share() {
+    let p = policy(
+        r#"{"classes": [{"name": "critical"}, {"name": "sheddable", "reserve": 0.5}],
+            "limits": [{"name": "db", "tokens_per_second": 500, "burst": 1000,
+                        "fleet": {"cluster": "rls", "domain": "shop", "local_share": 0.25}}]}"#,
+    );
+    let l = &p.limits[0];
+    let f = l.fleet.as_ref().unwrap();
+    assert_eq!((f.cluster.as_str(), f.domain.as_str()), ("rls", "shop"));
+    assert_eq!(f.descriptor, vec![(DEFAULT_DESCRIPTOR_KEY.to_string(), "db".to_string())]);
+    assert_eq!(f.class_reserve_tokens, vec![0, 500]);
+    assert_eq!(f.lease.capacity, 1000);
+    assert_eq!(f.lease.window_ns, 2 * NS_PER_S);
+    assert_eq!(f.lease.timeout_ns, DEFAULT_FLEET_TIMEOUT_MS * 1_000_000);
+    assert_eq!(f.lease.refill_period_ns, DEFAULT_FLEET_REFILL_MS * 1_000_000);
+    assert_eq!((f.lease.min_hits, f.lease.max_hits), (10, 250));
+    // The limit's own bucket is the fallback: a quarter of 500/s, burst 250.
+    assert_eq!(l.ns_per_token, 8_000_000);
+    assert_eq!(l.class_tolerance_ns, vec![250 * 8_000_000, 125 * 8_000_000]);
+    // What clients see stays the fleet limit.
+    assert_eq!(l.policy_header, "\"db\";q=1000;w=2");
+}
+
+#[test]
+fn fleet_problems_are_reported_with_their_paths() {
+    let limit = |fleet: &str| {
+        format!(r#"{{"limits": [{{"name": "db", "tokens_per_second": 10, "burst": 8, "fleet": {fleet}}}]}}"#)
+    };
+    assert_eq!(
+        errors(&limit(r#"{"domain": "", "local_share": 0, "timeout_ms": 0, "max_lease": 9, "x": 1}"#)),
+        vec![
+            "limits[0].fleet.x: unknown field",
+            "limits[0].fleet.cluster: required",
+            "limits[0].fleet.domain: must not be empty, got \"\"",
+            "limits[0].fleet.local_share: must be > 0.0 and <= 1.0, got 0",
+            "limits[0].fleet.timeout_ms: must be >= 1, got 0",
+            "limits[0].fleet.max_lease: must be <= 8, got 9",
+        ]
+    );
+    assert_eq!(
+        errors(&limit(r#"{"cluster": "c", "domain": "d", "local_share": 1, "descriptor": [{"key": "k"}, 3]}"#)),
+        vec![
+            "limits[0].fleet.descriptor[0].value: required",
+            "limits[0].fleet.descriptor[1]: must be an object, got 3"
+        ]
+    );
+    assert_eq!(
+        errors(&limit(r#"{"cluster": "c", "domain": "d", "local_share": 1, "descriptor": []}"#)),
+        vec!["limits[0].fleet.descriptor: must hold at least one entry, got []"]
+    );
+    let keyed = r#"{"limits": [{"name": "k", "key": "client_ip", "tokens_per_second": 1, "burst": 1,
+                    "fleet": {"cluster": "c", "domain": "d", "local_share": 1}}]}"#;
+    assert_eq!(
+        errors(keyed),
+        vec![r#"limits[0].fleet: applies only to a "global" limit, got {"cluster":"c","domain":"d","local_share":1}"#]
+    );
 }
 
 #[test]

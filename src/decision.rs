@@ -18,11 +18,12 @@
 //! times. Past that, or if the host refuses a storage call, the request is admitted without
 //! taking anything (fail open) and counted.
 
-use crate::bucket::{ceil_seconds, give_back, is_full, Bucket};
+use crate::bucket::{self, ceil_seconds, give_back, is_full, Bucket};
 use crate::classify::{classify, matches, RequestView};
-use crate::config::{KeySource, Limit, Policy};
+use crate::config::{Fleet, KeySource, Limit, Policy};
 use crate::ids::{ClassId, LimitId, LimitSet};
 use crate::keyhash;
+use crate::lease;
 use crate::record::{bucket_id, Record};
 use crate::store::{read_u64, retry, update, Attempt, Change, Outcome, SharedStore, StoreError};
 
@@ -58,9 +59,9 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Admission {
     pub policy: Policy,
-    record_key: String,
-    /// Per limit: its bucket's id in the record (used by unkeyed limits).
-    record_bucket_ids: Vec<u64>,
+    pub(crate) record_key: String,
+    /// Per limit: its bucket's (and a fleet limit's lease's) id in the record (unkeyed limits).
+    pub(crate) record_bucket_ids: Vec<u64>,
     /// Per limit: the storage key prefix of its slots (used by keyed limits).
     slot_prefixes: Vec<String>,
     /// Mixed into key hashing so slot positions cannot be predicted from outside.
@@ -203,8 +204,13 @@ impl Admission {
                 KeySource::Global => {
                     let Some(stored) = snapshot.record.as_mut() else { continue };
                     let bucket_id = self.record_bucket_ids.get(id.index()).copied().unwrap_or(0);
-                    let tat_ns = stored.record.bucket(bucket_id);
-                    bucket.take(tat_ns, now_ns).map(|t| stored.record.set_bucket(bucket_id, t.new_tat_ns))
+                    match &limit.fleet {
+                        Some(fleet) => take_from_fleet(&mut stored.record, bucket_id, fleet, bucket, class, now_ns),
+                        None => {
+                            let tat_ns = stored.record.bucket(bucket_id);
+                            bucket.take(tat_ns, now_ns).map(|t| stored.record.set_bucket(bucket_id, t.new_tat_ns))
+                        }
+                    }
                 }
                 KeySource::ClientIp | KeySource::Header(_) => {
                     let Some(slot) = snapshot.keyed.iter_mut().find(|s| s.limit == id) else { continue };
@@ -372,15 +378,26 @@ impl Admission {
         })
     }
 
-    /// Creates the record if it was never written. Envoy's shared data has no atomic create (a
-    /// write to a missing key always succeeds), so two workers making their first decisions at
-    /// once could each write the record over the other's take. Called when a configuration is
+    /// Creates the record if it was never written, and drops the leases of fleet limits this
+    /// configuration no longer has. Creating it matters because Envoy's shared data has no
+    /// atomic create (a write to a missing key always succeeds), so two workers making their
+    /// first decisions at once could each write the record over the other's take. Called when a configuration is
     /// accepted (first on the main thread, before workers start), so every decision finds the
     /// record and writes it by compare-and-swap.
     pub fn create_record(&self, store: &dyn SharedStore) -> Result<(), StoreError> {
+        let fleet_ids: Vec<u64> = self.fleet_limits().map(|(id, _)| self.lease_id(id)).collect();
         let created = update(store, &self.record_key, |stored| match stored {
-            Some(_) => Change::Keep(()),
-            None => Change::Write([0u8; 0], ()),
+            Some(bytes) => {
+                let mut record = Record::from_bytes(bytes);
+                let before = record.as_bytes().len();
+                record.retain_leases(&fleet_ids);
+                if record.as_bytes().len() == before {
+                    Change::Keep(())
+                } else {
+                    Change::Write(record, ())
+                }
+            }
+            None => Change::Write(Record::default(), ()),
         });
         match created {
             Outcome::Failed => Err(StoreError),
@@ -413,6 +430,25 @@ impl Admission {
         })
         .ok()
     }
+}
+
+/// A fleet limit's take: from its lease in fleet mode, else from its local fallback bucket.
+fn take_from_fleet(
+    record: &mut Record,
+    id: u64,
+    fleet: &Fleet,
+    fallback: Bucket,
+    class: ClassId,
+    now_ns: u64,
+) -> Result<(), bucket::Refused> {
+    let mut lease = record.lease(id);
+    if lease.mode == lease::Mode::Local {
+        let tat_ns = record.bucket(id);
+        return fallback.take(tat_ns, now_ns).map(|t| record.set_bucket(id, t.new_tat_ns));
+    }
+    let taken = lease.take(fleet.reserve_tokens(class), &fleet.lease, now_ns);
+    record.set_lease(id, &lease);
+    taken.map_err(|r| bucket::Refused { wait_ns: Some(r.wait_ns) })
 }
 
 /// A stored slot: the owning key's fingerprint and its bucket's arrival time.

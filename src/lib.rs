@@ -16,7 +16,8 @@
 //! - [`decision`]: what happens to one request, step by step (`Admission`);
 //! - [`response`], [`metrics`]: what the client and the operator see;
 //! - [`lease`]: fleet-wide limits: tokens leased from a rate limit service in blocks and spent
-//!   locally; [`rls`]: that service's messages.
+//!   locally; [`rls`]: that service's messages; [`fleet`]: leases in shared data (the tick's
+//!   calls, the answers).
 //!
 //! A new mechanism (an adaptive in-flight limit) gets its own module here, pure and on time
 //! passed in, keeping its shared state through `store::update`; its host glue goes beside
@@ -26,6 +27,7 @@ pub mod bucket;
 pub mod classify;
 pub mod config;
 pub mod decision;
+pub mod fleet;
 pub mod ids;
 pub mod instance;
 pub mod json;

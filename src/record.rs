@@ -10,6 +10,9 @@
 //!   changed gets a new id (a fresh full bucket); an unchanged one keeps its entry over reloads.
 //! - an in-flight entry per VM instance (each Envoy worker runs its own VM): `tag` = top bit 1
 //!   and the instance id, `a` = requests it holds in flight, `b` = its heartbeat.
+//! - a fleet limit's lease (see `lease`): [`LEASE_ENTRIES`] consecutive entries, `tag` = bit 62,
+//!   the limit's bucket id shifted left by 3, and the entry's index; `a`, `b` = two words of the
+//!   lease each. The five are written and dropped together, so they stay consecutive.
 //!
 //! Why per instance: a VM that dies (a crash, a reload) never reports its streams' ends. Every
 //! write by an instance, and a periodic tick, refreshes its heartbeat; an entry whose heartbeat
@@ -18,6 +21,7 @@
 
 use crate::bucket::is_full;
 use crate::config::NS_PER_S;
+use crate::lease::Lease;
 use crate::store::read_u64;
 
 /// An entry not refreshed for this long belongs to a VM that is gone.
@@ -27,15 +31,27 @@ pub const HEARTBEAT_PERIOD_MS: u64 = 1_000;
 
 const ENTRY_BYTES: usize = 24;
 const IN_FLIGHT_TAG: u64 = 1 << 63;
+const LEASE_TAG: u64 = 1 << 62;
+/// Entries one lease takes: two of its words each.
+pub const LEASE_ENTRIES: usize = crate::lease::WORDS / 2;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     bytes: Vec<u8>,
 }
 
-/// The id a bucket is stored under: a stable hash of the limit's `state_id` with the top bit clear.
+/// The id a bucket is stored under: a stable hash of the limit's `state_id` with the two top
+/// bits clear (they mark in-flight and lease entries) and room to shift it into a lease tag.
 pub fn bucket_id(state_id: &str) -> u64 {
-    crate::keyhash::hash(0, 0, state_id.as_bytes()) & !IN_FLIGHT_TAG
+    crate::keyhash::hash(0, 0, state_id.as_bytes()) & ((1 << 59) - 1)
+}
+
+fn lease_tag(id: u64, entry: usize) -> u64 {
+    LEASE_TAG | (id << 3) | entry as u64
+}
+
+fn is_lease_tag(tag: u64) -> bool {
+    tag & (IN_FLIGHT_TAG | LEASE_TAG) == LEASE_TAG
 }
 
 impl Record {
@@ -89,7 +105,9 @@ impl Record {
             let tag = read_u64(&self.bytes, at).unwrap_or(0);
             let a = read_u64(&self.bytes, at + 8).unwrap_or(0);
             let b = read_u64(&self.bytes, at + 16).unwrap_or(0);
-            let keep = if tag & IN_FLIGHT_TAG == 0 {
+            let keep = if is_lease_tag(tag) {
+                true
+            } else if tag & IN_FLIGHT_TAG == 0 {
                 !is_full(a, now_ns)
             } else {
                 Some(tag) == keep_instance.map(in_flight_tag) || is_live(b, now_ns)
@@ -109,6 +127,51 @@ impl Record {
 
     pub fn set_bucket(&mut self, id: u64, tat_ns: u64) {
         self.put(id, tat_ns, 0);
+    }
+
+    /// A fleet limit's lease; a fresh one (local mode, a call due) if it has none.
+    pub fn lease(&self, id: u64) -> Lease {
+        let Some((first, _, _)) = self.find(lease_tag(id, 0)) else { return Lease::default() };
+        let mut words = [0u64; crate::lease::WORDS];
+        for (entry, pair) in words.chunks_exact_mut(2).enumerate() {
+            let at = first + entry * ENTRY_BYTES;
+            if read_u64(&self.bytes, at) != Some(lease_tag(id, entry)) {
+                return Lease::default();
+            }
+            pair[0] = read_u64(&self.bytes, at + 8).unwrap_or(0);
+            pair[1] = read_u64(&self.bytes, at + 16).unwrap_or(0);
+        }
+        Lease::from_words(&words)
+    }
+
+    pub fn set_lease(&mut self, id: u64, lease: &Lease) {
+        let words = lease.to_words();
+        let first = match self.find(lease_tag(id, 0)) {
+            Some((at, _, _)) => at,
+            None => {
+                self.bytes.resize(self.bytes.len() + LEASE_ENTRIES * ENTRY_BYTES, 0);
+                self.bytes.len() - LEASE_ENTRIES * ENTRY_BYTES
+            }
+        };
+        for (entry, pair) in words.chunks_exact(2).enumerate() {
+            self.write(first + entry * ENTRY_BYTES, lease_tag(id, entry), pair[0], pair[1]);
+        }
+    }
+
+    /// Drops the leases of limits not in `ids` (a limit removed or changed by a new
+    /// configuration); all entries of a lease go together.
+    pub fn retain_leases(&mut self, ids: &[u64]) {
+        let mut kept = 0;
+        for i in 0..self.bytes.len() / ENTRY_BYTES {
+            let at = i * ENTRY_BYTES;
+            let tag = read_u64(&self.bytes, at).unwrap_or(0);
+            let keep = !is_lease_tag(tag) || ids.contains(&((tag & !LEASE_TAG) >> 3));
+            if keep {
+                self.bytes.copy_within(at..at + ENTRY_BYTES, kept);
+                kept += ENTRY_BYTES;
+            }
+        }
+        self.bytes.truncate(kept);
     }
 
     /// Requests in flight at `now_ns`, counting live instances only.
@@ -241,9 +304,39 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_round_trips_beside_buckets_and_in_flight_entries_and_survives_pruning() {
+        let mut r = Record::default();
+        r.set_bucket(11, T0 + 5);
+        let mut lease = Lease { tokens: 40, fleet_remaining: 900, window_end_ns: T0 + 7, ..Lease::default() };
+        r.set_lease(21, &lease);
+        r.acquire(3, T0, 9);
+        assert_eq!(r.lease(21), lease);
+        assert_eq!(r.lease(22), Lease::default(), "another limit has none yet");
+        lease.tokens = 39;
+        r.set_lease(21, &lease);
+        r.prune(T0 + 10 * LEASE_NS, None);
+        assert_eq!(r.lease(21), lease);
+        assert_eq!(r.as_bytes().len(), LEASE_ENTRIES * ENTRY_BYTES, "the bucket and the dead instance went");
+        assert_eq!(r.in_flight(T0), 0);
+    }
+
+    #[test]
+    fn retaining_leases_drops_only_the_leases_of_other_limits() {
+        let mut r = Record::default();
+        r.set_lease(21, &Lease { tokens: 1, ..Lease::default() });
+        r.set_bucket(11, T0 + 5);
+        r.set_lease(22, &Lease { tokens: 2, ..Lease::default() });
+        r.retain_leases(&[22]);
+        assert_eq!(r.lease(21), Lease::default());
+        assert_eq!(r.lease(22).tokens, 2);
+        assert_eq!(r.bucket(11), T0 + 5);
+    }
+
+    #[test]
     fn bucket_ids_never_look_like_in_flight_entries() {
         for id in ["a", "storefront@2000000x1000", ""] {
             assert_eq!(bucket_id(id) & IN_FLIGHT_TAG, 0);
+            assert!(!is_lease_tag(bucket_id(id)));
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct LeaseCall {
     pub limit: LimitId,
     pub hits: u32,
     pub message: Vec<u8>,
+    /// The call's deadline, which also identifies it: its answer must name it.
+    pub deadline_ns: u64,
 }
 
 /// What one tick found: calls this worker claimed, and limits whose mode changed (a call that
@@ -60,7 +62,8 @@ impl Admission {
                     tick.switches.push((limit, switch));
                 }
                 if let Some(hits) = lease.start_call(&fleet.lease, now_ns) {
-                    tick.calls.push(LeaseCall { limit, hits, message: encode(fleet, hits) });
+                    let deadline_ns = lease.call_deadline_ns;
+                    tick.calls.push(LeaseCall { limit, hits, message: encode(fleet, hits), deadline_ns });
                 }
                 if lease != before {
                     record.set_lease(id, &lease);
@@ -76,11 +79,13 @@ impl Admission {
         .ok()
     }
 
-    /// Applies the service's answer to `limit`'s call; returns the mode switch it caused, or
-    /// `None` if storage failed (the call then expires at its deadline).
+    /// Applies the service's answer to the call `limit` claimed with `call_deadline_ns`; returns
+    /// the mode switch it caused, or `None` if storage failed (the call then expires at its
+    /// deadline).
     pub fn apply_lease_answer(
         &self,
         limit: LimitId,
+        call_deadline_ns: u64,
         answer: Answer,
         now_ns: u64,
         store: &dyn SharedStore,
@@ -90,7 +95,11 @@ impl Admission {
         update(store, &self.record_key, |stored| {
             let mut record = Record::from_bytes(stored.unwrap_or_default());
             let mut lease = record.lease(id);
-            let switch = lease.on_answer(answer, &fleet.lease, now_ns);
+            let before = lease;
+            let switch = lease.on_answer(answer, call_deadline_ns, &fleet.lease, now_ns);
+            if lease == before {
+                return Change::Keep(switch);
+            }
             record.set_lease(id, &lease);
             Change::Write(record, switch)
         })

@@ -35,7 +35,7 @@ fn grant(a: &Admission, remaining: u64, now: u64, store: &dyn SharedStore) -> u3
     let tick = a.lease_calls_due(now, store).unwrap();
     let call = tick.calls.first().unwrap_or_else(|| panic!("no call due: {tick:?}"));
     let answer = Answer::Granted { remaining, until_reset_ns: Some(2 * NS_PER_S) };
-    a.apply_lease_answer(call.limit, answer, now + MS, store).unwrap();
+    a.apply_lease_answer(call.limit, call.deadline_ns, answer, now + MS, store).unwrap();
     call.hits
 }
 
@@ -102,8 +102,9 @@ fn a_failed_call_falls_back_and_a_later_probe_returns_to_fleet_mode() {
     let a = admission();
     let store = MemoryStore::default();
     let tick = a.lease_calls_due(T0, &store).unwrap();
-    let limit = tick.calls[0].limit;
-    assert_eq!(a.apply_lease_answer(limit, Answer::Failed, T0 + MS, &store), Some(Switch::None), "was local");
+    let call = &tick.calls[0];
+    let failed = a.apply_lease_answer(call.limit, call.deadline_ns, Answer::Failed, T0 + MS, &store);
+    assert_eq!(failed, Some(Switch::None), "it was local already");
     assert!(a.lease_calls_due(T0 + 2 * MS, &store).unwrap().calls.is_empty(), "no probe before its time");
     assert!(grant(&a, 900, T0 + 600 * MS, &store) > 0);
     assert_eq!(a.leases(&store)[0].1.mode, Mode::Fleet);
@@ -114,6 +115,25 @@ fn a_broken_store_claims_no_call_and_a_decision_fails_open() {
     let a = admission();
     assert_eq!(a.lease_calls_due(T0, &BrokenStore), None);
     assert_eq!(decide(&a, "/checkout", T0, &BrokenStore).verdict, Verdict::FailedOpen);
+}
+
+#[test]
+fn each_lease_counter_and_gauge_names_its_own_limit() {
+    use crate::metrics::{counter_names, fleet_mode_gauge_names, lease_counter, LeaseOutcome};
+    let json = FLEET.replace(r#""limits": ["#, r#""limits": [{"name": "local", "tokens_per_second": 1, "burst": 1},"#);
+    let p = parse(json.as_bytes()).unwrap();
+    let names = counter_names(&p);
+    for (outcome, name) in [
+        (LeaseOutcome::Call, "lease_calls"),
+        (LeaseOutcome::Grant, "lease_grants"),
+        (LeaseOutcome::Denial, "lease_denials"),
+        (LeaseOutcome::Failure, "lease_failures"),
+    ] {
+        let i = lease_counter(&p, LimitId(1), outcome).unwrap();
+        assert_eq!(names[i], format!("surgeguard.limit.db.{name}"));
+        assert_eq!(lease_counter(&p, LimitId(0), outcome), None, "not a fleet limit");
+    }
+    assert_eq!(fleet_mode_gauge_names(&p), vec!["surgeguard.limit.db.fleet_mode"]);
 }
 
 #[test]

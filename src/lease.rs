@@ -165,8 +165,13 @@ impl Lease {
         Some(hits)
     }
 
-    /// Applies the service's answer to the call in flight.
-    pub fn on_answer(&mut self, answer: Answer, params: &LeaseParams, now_ns: u64) -> Switch {
+    /// Applies the service's answer to the call claimed with deadline `call_deadline_ns` (the
+    /// call's identity). An answer to an earlier call, one already declared failed at its
+    /// deadline, is ignored: its hits are lost to the fleet rather than counted twice.
+    pub fn on_answer(&mut self, answer: Answer, call_deadline_ns: u64, params: &LeaseParams, now_ns: u64) -> Switch {
+        if call_deadline_ns == 0 || call_deadline_ns != self.call_deadline_ns {
+            return Switch::None;
+        }
         let hits = self.call_hits;
         self.call_deadline_ns = 0;
         self.call_hits = 0;
@@ -199,7 +204,7 @@ impl Lease {
         if self.call_deadline_ns == 0 || now_ns < self.call_deadline_ns {
             return Switch::None;
         }
-        self.on_answer(Answer::Failed, params, now_ns)
+        self.on_answer(Answer::Failed, self.call_deadline_ns, params, now_ns)
     }
 
     fn fail(&mut self, params: &LeaseParams, now_ns: u64) {

@@ -18,6 +18,13 @@ fn params() -> LeaseParams {
     }
 }
 
+impl Lease {
+    /// Answers the call in flight.
+    fn on_answer_now(&mut self, answer: Answer, params: &LeaseParams, now_ns: u64) -> Switch {
+        self.on_answer(answer, self.call_deadline_ns, params, now_ns)
+    }
+}
+
 fn granted(remaining: u64) -> Answer {
     Answer::Granted { remaining, until_reset_ns: Some(2 * S) }
 }
@@ -28,7 +35,7 @@ fn leased(hits: u32, remaining: u64) -> Lease {
     let mut l = Lease::default();
     l.start_call(&p, T0);
     l.call_hits = hits;
-    assert_eq!(l.on_answer(granted(remaining), &p, T0), Switch::ToFleet);
+    assert_eq!(l.on_answer_now(granted(remaining), &p, T0), Switch::ToFleet);
     l
 }
 
@@ -81,7 +88,7 @@ fn credit_is_paid_from_the_next_grant() {
     assert_eq!((l.tokens, l.debt), (0, 3));
     l.start_call(&p, T0 + MS).unwrap();
     l.call_hits = 50;
-    l.on_answer(granted(850), &p, T0 + 2 * MS);
+    l.on_answer_now(granted(850), &p, T0 + 2 * MS);
     assert_eq!((l.tokens, l.debt), (47, 0));
 }
 
@@ -136,7 +143,7 @@ fn an_over_limit_answer_keeps_fleet_mode_and_the_next_call_asks_no_more_than_rem
     let hits = l.start_call(&p, T0 + 10 * MS).unwrap();
     assert!(hits > 5);
     let answer = Answer::OverLimit { remaining: 5, until_reset_ns: Some(S) };
-    assert_eq!(l.on_answer(answer, &p, T0 + 11 * MS), Switch::None);
+    assert_eq!(l.on_answer_now(answer, &p, T0 + 11 * MS), Switch::None);
     assert_eq!(l.mode, Mode::Fleet);
     assert_eq!(l.start_call(&p, T0 + 11 * MS), Some(5));
 }
@@ -148,11 +155,11 @@ fn a_failed_call_switches_to_local_mode_drops_the_block_and_probes_later() {
     l.tokens = 10;
     let hits = l.start_call(&p, T0 + MS);
     assert!(hits.is_some());
-    assert_eq!(l.on_answer(Answer::Failed, &p, T0 + 2 * MS), Switch::ToLocal);
+    assert_eq!(l.on_answer_now(Answer::Failed, &p, T0 + 2 * MS), Switch::ToLocal);
     assert_eq!((l.mode, l.tokens), (Mode::Local, 0));
     assert_eq!(l.start_call(&p, T0 + 2 * MS + p.probe_period_ns - 1), None);
     assert_eq!(l.start_call(&p, T0 + 2 * MS + p.probe_period_ns), Some(p.min_hits));
-    assert_eq!(l.on_answer(granted(500), &p, T0 + 3 * S), Switch::ToFleet);
+    assert_eq!(l.on_answer_now(granted(500), &p, T0 + 3 * S), Switch::ToFleet);
 }
 
 #[test]
@@ -164,6 +171,20 @@ fn a_call_never_answered_fails_at_its_deadline_so_nothing_waits_on_it() {
     assert_eq!(l.expire_call(&p, T0 + MS + p.timeout_ns - 1), Switch::None);
     assert_eq!(l.expire_call(&p, T0 + MS + p.timeout_ns), Switch::ToLocal);
     assert_eq!(l.call_deadline_ns, 0, "the claim is released");
+}
+
+#[test]
+fn a_late_answer_to_a_call_declared_failed_is_ignored() {
+    let p = params();
+    let mut l = leased(100, 900);
+    l.tokens = 0;
+    l.start_call(&p, T0 + MS).unwrap();
+    let first = l.call_deadline_ns;
+    l.expire_call(&p, first);
+    l.start_call(&p, first + p.probe_period_ns).unwrap();
+    assert_eq!(l.on_answer(granted(500), first, &p, first + p.probe_period_ns + MS), Switch::None);
+    assert_eq!((l.mode, l.tokens), (Mode::Local, 0), "the late grant counted nothing");
+    assert_eq!(l.on_answer_now(granted(500), &p, first + p.probe_period_ns + MS), Switch::ToFleet);
 }
 
 #[test]
@@ -206,7 +227,7 @@ fn three_envoys_with_uneven_load_at_five_times_the_limit_admit_the_fleet_limit_a
     let mut service = Service { capacity: p.capacity, window_ns: p.window_ns, window: 0, counted: 0 };
     let mut envoys = [Lease::default(); 3];
     // Answers arrive 1 ms after the call.
-    let mut pending: [Option<(u64, Answer)>; 3] = [None; 3];
+    let mut pending: [Option<(u64, u64, Answer)>; 3] = [None; 3];
     let shares = [60u64, 30, 10];
     let offered_per_ms = 5 * p.capacity / (p.window_ns / MS); // 5x the fleet limit, per ms
     let windows = 10u64;
@@ -216,9 +237,9 @@ fn three_envoys_with_uneven_load_at_five_times_the_limit_admit_the_fleet_limit_a
     for ms in 0..windows * p.window_ns / MS {
         let now = start + ms * MS;
         for (e, lease) in envoys.iter_mut().enumerate() {
-            if let Some((at, answer)) = pending[e] {
+            if let Some((at, deadline, answer)) = pending[e] {
                 if at <= now {
-                    lease.on_answer(answer, &p, now);
+                    lease.on_answer(answer, deadline, &p, now);
                     pending[e] = None;
                 }
             }
@@ -227,7 +248,7 @@ fn three_envoys_with_uneven_load_at_five_times_the_limit_admit_the_fleet_limit_a
             for _ in 0..arrivals {
                 if let Some(hits) = lease.start_call(&p, now) {
                     calls += 1;
-                    pending[e] = Some((now + MS, service.call(hits, now)));
+                    pending[e] = Some((now + MS, lease.call_deadline_ns, service.call(hits, now)));
                 }
                 if lease.mode == Mode::Fleet && lease.take(0, &p, now).is_ok() {
                     admitted_per_window[(ms * MS / p.window_ns) as usize] += 1;
@@ -252,7 +273,7 @@ fn a_sheddable_flood_on_one_envoy_leaves_the_reserve_to_critical_traffic_on_anot
     let mut service = Service { capacity: p.capacity, window_ns: p.window_ns, window: 0, counted: 0 };
     let (flooded, trickle) = (0, 1);
     let mut envoys = [Lease::default(); 2];
-    let mut pending: [Option<(u64, Answer)>; 2] = [None; 2];
+    let mut pending: [Option<(u64, u64, Answer)>; 2] = [None; 2];
     let sheddable_reserve = p.capacity / 2;
     let start = 1_000 * p.window_ns;
     let (mut critical_offered, mut critical_admitted) = (0u64, 0u64);
@@ -261,9 +282,9 @@ fn a_sheddable_flood_on_one_envoy_leaves_the_reserve_to_critical_traffic_on_anot
     for ms in 0..windows * p.window_ns / MS {
         let now = start + ms * MS;
         for (e, lease) in envoys.iter_mut().enumerate() {
-            if let Some((at, answer)) = pending[e] {
+            if let Some((at, deadline, answer)) = pending[e] {
                 if at <= now {
-                    lease.on_answer(answer, &p, now);
+                    lease.on_answer(answer, deadline, &p, now);
                     pending[e] = None;
                 }
             }
@@ -272,7 +293,7 @@ fn a_sheddable_flood_on_one_envoy_leaves_the_reserve_to_critical_traffic_on_anot
             let (arrivals, reserve) = if e == flooded { (10, sheddable_reserve) } else { (u64::from(ms % 20 == 0), 0) };
             for _ in 0..arrivals {
                 if let Some(hits) = lease.start_call(&p, now) {
-                    pending[e] = Some((now + MS, service.call(hits, now)));
+                    pending[e] = Some((now + MS, lease.call_deadline_ns, service.call(hits, now)));
                 }
                 let admitted = lease.mode == Mode::Fleet && lease.take(reserve, &p, now).is_ok();
                 if e == trickle {

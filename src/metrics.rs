@@ -5,6 +5,8 @@
 //! - `surgeguard.limit.<limit>.{admitted,rate_limited,shadow_rate_limited,key_overflow}`
 //! - `surgeguard.fail_open`, `surgeguard.config_rejected` (counters)
 //! - `surgeguard.in_flight`, `surgeguard.max_in_flight` (gauges)
+//! - per fleet limit: `surgeguard.limit.<limit>.{lease_calls,lease_grants,lease_denials,lease_failures}`
+//!   (counters) and `surgeguard.limit.<limit>.fleet_mode` (gauge: 1 fleet, 0 local fallback)
 
 use crate::config::{Mode, Policy};
 use crate::decision::{Decision, Verdict};
@@ -12,6 +14,19 @@ use crate::ids::LimitId;
 
 pub const CLASS_OUTCOMES: [&str; 5] = ["admitted", "rate_limited", "shed", "shadow_rate_limited", "shadow_shed"];
 pub const LIMIT_OUTCOMES: [&str; 4] = ["admitted", "rate_limited", "shadow_rate_limited", "key_overflow"];
+/// What happened to a fleet limit's lease calls, in the order of [`LEASE_OUTCOMES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// A call was made.
+    Call,
+    /// The service granted the hits asked for.
+    Grant,
+    /// The service answered OVER_LIMIT.
+    Denial,
+    /// An error status, an undecodable answer, a timeout, or a call Envoy refused to make.
+    Failure,
+}
+pub const LEASE_OUTCOMES: [&str; 4] = ["lease_calls", "lease_grants", "lease_denials", "lease_failures"];
 pub const FAIL_OPEN: &str = "surgeguard.fail_open";
 pub const CONFIG_REJECTED: &str = "surgeguard.config_rejected";
 pub const IN_FLIGHT_GAUGE: &str = "surgeguard.in_flight";
@@ -36,7 +51,29 @@ pub fn counter_names(policy: &Policy) -> Vec<String> {
         names.extend(LIMIT_OUTCOMES.iter().map(|o| format!("surgeguard.limit.{}.{o}", l.name)));
     }
     names.push(FAIL_OPEN.to_string());
+    for l in policy.limits.iter().filter(|l| l.fleet.is_some()) {
+        names.extend(LEASE_OUTCOMES.iter().map(|o| format!("surgeguard.limit.{}.{o}", l.name)));
+    }
     names
+}
+
+/// The index (into [`counter_names`]) of a fleet limit's lease counter; `None` for a limit
+/// that is not fleet-wide.
+pub fn lease_counter(policy: &Policy, limit: LimitId, outcome: LeaseOutcome) -> Option<usize> {
+    let fleet_base = policy.classes.len() * CLASS_OUTCOMES.len() + policy.limits.len() * LIMIT_OUTCOMES.len() + 1;
+    policy.limit(limit)?.fleet.as_ref()?;
+    let ordinal = policy.limits.iter().take(limit.index()).filter(|l| l.fleet.is_some()).count();
+    Some(fleet_base + ordinal * LEASE_OUTCOMES.len() + outcome as usize)
+}
+
+/// The gauge of each fleet limit's mode, in limit order.
+pub fn fleet_mode_gauge_names(policy: &Policy) -> Vec<String> {
+    policy
+        .limits
+        .iter()
+        .filter(|l| l.fleet.is_some())
+        .map(|l| format!("surgeguard.limit.{}.fleet_mode", l.name))
+        .collect()
 }
 
 /// Calls `bump` with the index (into [`counter_names`]) of every counter one decision adds 1 to.

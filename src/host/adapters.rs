@@ -58,6 +58,8 @@ pub struct Metrics {
     in_flight: Option<u32>,
     /// The last in-flight total this VM saw; written to the gauge on the tick.
     in_flight_total: Cell<Option<u64>>,
+    /// Per fleet limit, in limit order: its mode gauge.
+    fleet_modes: Vec<Option<u32>>,
 }
 
 pub fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -65,7 +67,7 @@ pub fn define(kind: MetricType, name: &str) -> Option<u32> {
 }
 
 impl Metrics {
-    pub fn new(counter_names: &[String], max_in_flight: Option<u32>) -> Metrics {
+    pub fn new(counter_names: &[String], fleet_mode_gauges: &[String], max_in_flight: Option<u32>) -> Metrics {
         let with_in_flight = max_in_flight.is_some();
         if let Some(max) = max_in_flight {
             if let Some(id) = define(MetricType::Gauge, crate::metrics::MAX_IN_FLIGHT_GAUGE) {
@@ -77,6 +79,16 @@ impl Metrics {
             pending: RefCell::new(vec![0; counter_names.len()]),
             in_flight: if with_in_flight { define(MetricType::Gauge, crate::metrics::IN_FLIGHT_GAUGE) } else { None },
             in_flight_total: Cell::new(None),
+            // Every fleet limit starts in local mode (0) until the service answers.
+            fleet_modes: fleet_mode_gauges.iter().map(|n| define(MetricType::Gauge, n)).collect(),
+        }
+    }
+
+    /// Sets the mode gauge of the `ordinal`-th fleet limit (1 fleet, 0 local), at once: a mode
+    /// change is rare and operators alert on it.
+    pub fn set_fleet_mode(&self, ordinal: usize, gauge_value: u64) {
+        if let Some(Some(id)) = self.fleet_modes.get(ordinal) {
+            let _ = hostcalls::record_metric(*id, gauge_value);
         }
     }
 

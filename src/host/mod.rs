@@ -4,6 +4,7 @@
 mod adapters;
 mod alloc;
 mod http;
+mod lease_calls;
 mod root;
 
 proxy_wasm::main! {{

@@ -1,8 +1,10 @@
 //! The root context: one per plugin per worker VM. It compiles the configuration (refusing a
-//! bad one whole), owns the metric ids, and keeps this VM's in-flight entry alive.
+//! bad one whole), owns the metric ids, keeps this VM's in-flight entry alive, and makes the
+//! fleet limits' lease calls (the gRPC glue is in `lease_calls`).
 
 use super::adapters::{define, now_ns, HostStore, Metrics};
 use super::http::RequestFilter;
+use super::lease_calls::LeaseCalls;
 use crate::decision::Admission;
 use crate::instance::{agree_on_seed, allocate_instance_id};
 use crate::record::HEARTBEAT_PERIOD_MS;
@@ -26,7 +28,15 @@ pub struct ConfigInForce {
 pub struct SurgeguardRoot {
     in_force: Option<Rc<ConfigInForce>>,
     config_rejected: Option<u32>,
+    lease_calls: LeaseCalls,
+    /// Ticks since the configuration was accepted: the heartbeat runs every
+    /// `ticks_per_heartbeat` of them.
+    ticks: u64,
+    ticks_per_heartbeat: u64,
 }
+
+/// With a fleet limit the tick also drives lease calls, so it runs this often.
+const FLEET_TICK_MS: u64 = 50;
 
 thread_local! {
     /// This VM's id in the in-flight table; 0 until allocated. A restarted VM gets a new one.
@@ -52,7 +62,11 @@ fn plugin_name() -> String {
         .unwrap_or_default()
 }
 
-impl Context for SurgeguardRoot {}
+impl Context for SurgeguardRoot {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.lease_calls.answered(token_id, status_code, response_size, now_ns());
+    }
+}
 
 impl Drop for SurgeguardRoot {
     // The plugin is going away (a reload or shutdown; Envoy deletes its root context): hand over
@@ -98,9 +112,14 @@ impl RootContext for SurgeguardRoot {
         let _ = admission.create_record(&HostStore);
         let policy = &admission.policy;
         let names = crate::metrics::counter_names(policy);
-        let metrics = Metrics::new(&names, policy.concurrency.as_ref().map(|c| c.max_in_flight));
-        // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive.
-        let _ = hostcalls::set_tick_period(Duration::from_millis(HEARTBEAT_PERIOD_MS));
+        let fleet_gauges = crate::metrics::fleet_mode_gauge_names(policy);
+        let metrics = Metrics::new(&names, &fleet_gauges, policy.concurrency.as_ref().map(|c| c.max_in_flight));
+        // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive;
+        // with a fleet limit it also claims lease calls, so it runs more often.
+        let tick_ms = if fleet_gauges.is_empty() { HEARTBEAT_PERIOD_MS } else { FLEET_TICK_MS };
+        self.ticks = 0;
+        self.ticks_per_heartbeat = (HEARTBEAT_PERIOD_MS / tick_ms).max(1);
+        let _ = hostcalls::set_tick_period(Duration::from_millis(tick_ms));
         log::info!(
             "surgeguard: configuration accepted: mode {:?}, {} classes, {} rules, {} limits, in-flight limit {}",
             policy.mode,
@@ -117,13 +136,18 @@ impl RootContext for SurgeguardRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Some(c) = &self.in_force {
-            if let Some(total) = c.admission.heartbeat(c.instance, now_ns(), c.late_releases.get(), &HostStore) {
-                c.late_releases.set(0);
-                c.metrics.set_in_flight(total);
-            }
-            c.metrics.flush();
+        let Some(c) = self.in_force.clone() else { return };
+        let now = now_ns();
+        self.lease_calls.tick(&c, now);
+        self.ticks += 1;
+        if !self.ticks.is_multiple_of(self.ticks_per_heartbeat.max(1)) {
+            return;
         }
+        if let Some(total) = c.admission.heartbeat(c.instance, now, c.late_releases.get(), &HostStore) {
+            c.late_releases.set(0);
+            c.metrics.set_in_flight(total);
+        }
+        c.metrics.flush();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

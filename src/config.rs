@@ -7,8 +7,9 @@
 //! - a configuration with any problem compiles to nothing: every problem is reported, each as
 //!   `<path>: <message>, got <value>` (or `<path>: unknown field` / `<path>: duplicate field`).
 //!
-//! The JSON is read into a [`json::Value`] and walked by hand, so that every
-//! problem is found in one pass with its exact path. Object fields are checked in key order.
+//! The JSON is read by serde_json into a [`json::Value`] (which keeps repeated keys and numbers
+//! as written) and walked by hand, so that every problem is found in one pass with its exact
+//! path. An object's unknown and repeated fields are reported in document order.
 
 use crate::ids::{ClassId, LimitId};
 use crate::json::{self, Map, Value};
@@ -303,11 +304,7 @@ pub fn parse(bytes: &[u8]) -> Result<Policy, Vec<ConfigError>> {
         Value::Object(Map::new())
     } else {
         json::parse(text).map_err(|e| {
-            vec![ConfigError {
-                path: "configuration".into(),
-                message: format!("invalid JSON ({} at line {} column {})", e.kind.as_str(), e.line, e.column),
-                got: None,
-            }]
+            vec![ConfigError { path: "configuration".into(), message: format!("invalid JSON ({e})"), got: None }]
         })?
     };
     let mut c = Compiler::default();

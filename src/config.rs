@@ -355,18 +355,19 @@ impl Compiler {
             self.error(p, "must be an object", Some(v));
             return None;
         };
-        // Keys come in order, a repeated one as often as it is given.
-        let mut previous = None;
-        let mut repeated = None;
+        // Keys come in document order, a repeated one as often as it is given: each problem is
+        // reported where it first occurs.
+        let mut seen: Vec<&str> = Vec::new();
+        let mut repeated: Vec<&str> = Vec::new();
         for key in map.keys() {
-            if previous == Some(key) {
-                if repeated != Some(key) && is_documented(schema, key) {
+            if seen.contains(&key) {
+                if !repeated.contains(&key) && is_documented(schema, key) {
                     self.error(&field_path(path, key), "duplicate field", None);
                 }
-                repeated = Some(key);
+                repeated.push(key);
                 continue;
             }
-            previous = Some(key);
+            seen.push(key);
             if !is_documented(schema, key) {
                 self.error(&field_path(path, key), "unknown field", None);
             }

@@ -319,7 +319,7 @@ fn a_field_given_twice_is_refused() {
     );
     assert_eq!(
         errors(r#"{"mode": "enforce", "extra": 1, "mode": "shadow", "extra": 2, "mode": "shadow"}"#),
-        vec!["mode: duplicate field", "extra: unknown field"]
+        vec!["extra: unknown field", "mode: duplicate field"]
     );
     // A repeated key stands for the same field, however it is escaped.
     assert_eq!(

@@ -3,8 +3,7 @@
 //!
 //! - Syntax is serde_json's: the same documents are accepted and the same errors reported
 //!   (`expected value at line 1 column 10`), at most [`MAX_DEPTH`] lists and objects deep.
-//! - An object keeps every entry, in document order, a repeated key each time it is given; the
-//!   later occurrences of a repeated key follow its first, so a walker meets them together.
+//! - An object keeps every entry in document order, a repeated key each time it is given.
 //!   [`Map::get`] sees the last occurrence, as serde_json does. The configuration refuses
 //!   repeated keys.
 //! - A number keeps its text as written (`1e3`, `0.50`, `-0`), so a message echoes what the
@@ -48,7 +47,7 @@ impl Number {
     }
 }
 
-/// An object's entries; repeated keys are kept (see the module docs for the order).
+/// An object's entries in document order; repeated keys are kept.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Map {
     entries: Vec<(String, Value)>,
@@ -57,19 +56,6 @@ pub struct Map {
 impl Map {
     pub fn new() -> Self {
         Map::default()
-    }
-
-    /// Entries in document order; moves the later occurrences of a repeated key next to its
-    /// first (a stable sort on the index of each key's first occurrence).
-    fn from_entries(entries: Vec<(String, Value)>) -> Self {
-        let mut first: BTreeMap<&str, usize> = BTreeMap::new();
-        let firsts: Vec<usize> = entries.iter().enumerate().map(|(i, (k, _))| *first.entry(k).or_insert(i)).collect();
-        if first.len() == entries.len() {
-            return Map { entries };
-        }
-        let mut keyed: Vec<(usize, (String, Value))> = firsts.into_iter().zip(entries).collect();
-        keyed.sort_by_key(|(first, _)| *first);
-        Map { entries: keyed.into_iter().map(|(_, entry)| entry).collect() }
     }
 
     /// The value of `key`; of its last occurrence if it is repeated.
@@ -81,7 +67,7 @@ impl Map {
         self.entries.iter().any(|(k, _)| k == key)
     }
 
-    /// Every key in order, a repeated key as often as it occurs (adjacent).
+    /// Every key in document order, a repeated key as often as it occurs.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|(k, _)| k.as_str())
     }
@@ -351,7 +337,7 @@ impl<'de> Visitor<'de> for Tree<'_, '_> {
             let value = map.next_value_seed(Tree { numbers: &mut *self.numbers })?;
             entries.push((key, value));
         }
-        Ok(Value::Object(Map::from_entries(entries)))
+        Ok(Value::Object(Map { entries }))
     }
 }
 

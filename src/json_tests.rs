@@ -113,12 +113,12 @@ fn values_of_every_type() {
 }
 
 #[test]
-fn objects_keep_document_order_and_every_repeated_key_next_to_its_first() {
+fn objects_keep_document_order_and_every_repeated_key() {
     let v = value(r#"{"b": 1, "a": 2, "c": 3, "a": 4, "B": 5}"#);
     let o = v.as_object().unwrap();
-    assert_eq!(o.keys().collect::<Vec<_>>(), ["b", "a", "a", "c", "B"]);
+    assert_eq!(o.keys().collect::<Vec<_>>(), ["b", "a", "c", "a", "B"]);
     let entries: Vec<(&str, String)> = o.iter().map(|(k, v)| (k, v.to_json())).collect();
-    assert_eq!(entries, [("b", "1"), ("a", "2"), ("a", "4"), ("c", "3"), ("B", "5")].map(|(k, v)| (k, v.to_string())));
+    assert_eq!(entries, [("b", "1"), ("a", "2"), ("c", "3"), ("a", "4"), ("B", "5")].map(|(k, v)| (k, v.to_string())));
     assert_eq!(o.len(), 5);
     assert_eq!(o.get("a").and_then(Value::as_f64), Some(4.0), "the last one, as serde_json");
     // Rendered by key, as serde_json renders its Value; repeats in document order.
@@ -137,7 +137,7 @@ fn large_objects_with_repeated_keys_keep_their_order() {
     let v = value(&format!("{{{}}}", entries.join(",")));
     let o = v.as_object().unwrap();
     let got: Vec<(&str, f64)> = o.iter().map(|(k, v)| (k, v.as_f64().unwrap())).collect();
-    let expected = keys.iter().flat_map(|k| [(format!("{k:04}"), 0.0), (format!("{k:04}"), 1.0)]);
+    let expected = keys.iter().map(|k| (format!("{k:04}"), 0.0)).chain(keys.iter().map(|k| (format!("{k:04}"), 1.0)));
     assert!(got.iter().map(|(k, v)| (k.to_string(), *v)).eq(expected));
     assert_eq!(o.get("1234").and_then(Value::as_f64), Some(1.0));
 }
@@ -540,8 +540,7 @@ mod differential {
             prop_assert_eq!(got, written);
         }
 
-        /// An object keeps every entry given, in document order, the later occurrences of a
-        /// repeated key right after its first.
+        /// An object keeps every entry given, repeated keys included, in document order.
         #[test]
         fn objects_keep_every_entry_in_document_order(entries in prop::collection::vec((key(), number()), 0..12)) {
             let text = format!(
@@ -551,12 +550,8 @@ mod differential {
             let Ok(v) = parse(&text) else { return agree(&text) };
             let decoded: Vec<(String, &str)> =
                 entries.iter().map(|(k, n)| (serde_json::from_str::<String>(k).unwrap(), n.as_str())).collect();
-            let first = |k: &str| decoded.iter().position(|(d, _)| d == k).unwrap_or(0);
-            let mut expected: Vec<(usize, (&str, &str))> =
-                decoded.iter().map(|(k, n)| (first(k), (k.as_str(), *n))).collect();
-            expected.sort_by_key(|(first, _)| *first);
             let got: Vec<(&str, String)> = v.as_object().unwrap().iter().map(|(k, n)| (k, n.to_json())).collect();
-            let expected: Vec<(&str, String)> = expected.into_iter().map(|(_, (k, n))| (k, n.to_string())).collect();
+            let expected: Vec<(&str, String)> = decoded.iter().map(|(k, n)| (k.as_str(), n.to_string())).collect();
             prop_assert_eq!(got, expected);
         }
     }

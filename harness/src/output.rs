@@ -16,9 +16,11 @@ pub fn write_outputs(dir: &Path, files: &[(&str, &[u8])]) -> Result<Vec<PathBuf>
     Ok(written)
 }
 
-/// `value` as pretty JSON with a trailing newline (files end in a newline).
+/// `value` as pretty JSON with a trailing newline (files end in a newline). Object keys come
+/// sorted, whatever the order of a struct's fields, so an output diffs cleanly against the last.
 pub fn write_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| format!("JSON: {e}"))?;
+    let sorted = serde_json::to_value(value).map_err(|e| format!("JSON: {e}"))?;
+    let mut bytes = serde_json::to_vec_pretty(&sorted).map_err(|e| format!("JSON: {e}"))?;
     bytes.push(b'\n');
     Ok(bytes)
 }
@@ -49,5 +51,8 @@ mod tests {
     fn json_is_pretty_and_ends_in_a_newline() {
         let bytes = write_json(&serde_json::json!({ "a": 1 })).unwrap();
         assert_eq!(String::from_utf8(bytes).unwrap(), "{\n  \"a\": 1\n}\n");
+        let fields_in_any_order = std::collections::HashMap::from([("b", 2), ("a", 1)]);
+        let bytes = write_json(&fields_in_any_order).unwrap();
+        assert_eq!(String::from_utf8(bytes).unwrap(), "{\n  \"a\": 1,\n  \"b\": 2\n}\n");
     }
 }

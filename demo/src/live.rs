@@ -280,9 +280,7 @@ pub fn changed_config(json: &str, rate: f64) -> Result<(String, f64, f64, f64), 
 
 /// The shipped ECDS bootstrap pointed at this machine: free ports, the storefront, `live_dir`.
 pub fn bootstrap(shipped: &str, live_dir: &Path, upstream_port: u16) -> Result<String, String> {
-    let watched = ("envoy/ecds/live".to_string(), live_dir.display().to_string());
-    Localise { upstream_port: Some(upstream_port), replacements: vec![watched], ..Localise::default() }
-        .apply(shipped, BOOTSTRAP)
+    Localise::ecds(upstream_port, live_dir).apply(shipped, BOOTSTRAP)
 }
 
 /// A temporary copy of the ECDS set-up: `template.yaml` (module under test), `live/`.
@@ -293,8 +291,7 @@ struct EcdsDir {
 impl EcdsDir {
     fn create() -> Result<EcdsDir, String> {
         let dir = tempfile::Builder::new().prefix("surgeguard-live-").tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let template =
-            Localise { module: true, ..Localise::default() }.apply(&read(&repo_root().join(TEMPLATE))?, TEMPLATE)?;
+        let template = Localise::module().apply(&read(&repo_root().join(TEMPLATE))?, TEMPLATE)?;
         write_outputs(dir.path(), &[("template.yaml", template.as_bytes())])?;
         std::fs::create_dir(dir.path().join("live")).map_err(|e| format!("live dir: {e}"))?;
         Ok(EcdsDir { dir })

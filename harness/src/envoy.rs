@@ -420,6 +420,18 @@ impl Localise {
         Localise { upstream_port: Some(upstream_port), module: true, ..Localise::default() }
     }
 
+    /// Only the module under test (e.g. an ECDS resource or its template, which have no ports).
+    pub fn module() -> Localise {
+        Localise { module: true, ..Localise::default() }
+    }
+
+    /// The shipped ECDS bootstrap (`envoy/ecds/envoy.yaml`): free ports, the upstream at
+    /// `upstream_port`, and `live_dir` watched instead of the shipped `envoy/ecds/live`.
+    pub fn ecds(upstream_port: u16, live_dir: &Path) -> Localise {
+        let watched = ("envoy/ecds/live".to_string(), live_dir.display().to_string());
+        Localise { upstream_port: Some(upstream_port), replacements: vec![watched], ..Localise::default() }
+    }
+
     /// `text` (a shipped config; `origin` names it in errors) pointed at this machine.
     pub fn apply(&self, text: &str, origin: &str) -> Result<String, String> {
         let mut replacements = Vec::new();
@@ -521,5 +533,16 @@ mod tests {
         let extra = Localise { replacements: vec![("here".into(), "there".into())], ..Localise::default() };
         assert_eq!(extra.apply("from here\n", "x").unwrap(), "from there\n");
         assert!(extra.apply("from afar\n", "x").is_err());
+    }
+
+    #[test]
+    fn the_shipped_ecds_files_are_pointed_at_this_machine() {
+        let root = crate::repo_root();
+        let yaml = Localise::ecds(4321, Path::new("/tmp/x/live")).load(&root.join("envoy/ecds/envoy.yaml")).unwrap();
+        assert!(!yaml.contains("envoy/ecds/live") && yaml.contains("/tmp/x/live"));
+        assert!(yaml.contains("port_value: 4321") && !yaml.contains("port_value: 10000"));
+        let template = Localise::module().load(&root.join("envoy/ecds/surgeguard.template.yaml")).unwrap();
+        assert!(!template.contains("filename: dist/surgeguard.wasm"));
+        assert!(template.contains(&json_string(&crate::wasm_path().display().to_string())));
     }
 }

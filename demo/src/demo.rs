@@ -2,6 +2,9 @@
 //! of a fresh storefront (without the filter, then with surgeguard), measured, and written out
 //! as `summary.json`, `report.html`, `report.svg` (the figure alone) and `table.md`.
 //!
+//! [`run`] is its phases: each arm (`start_arm`, the load, Envoy's stats) gives a [`Run`], the
+//! claims are checked, `summarise` gives the [`DemoSummary`], `write` the files.
+//!
 //! Invariants: both runs replay the identical schedule against an identical fresh storefront and
 //! differ only by the filter's block in the Envoy config; every Envoy, storefront and thread the
 //! demo starts is stopped before `run` returns, also on error, panic or interruption (each is

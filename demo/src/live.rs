@@ -7,7 +7,11 @@
 //! by `scripts/surgeguard-apply` before Envoy starts. Halfway through the surge the same helper
 //! applies the same JSON with the `storefront` bucket's `tokens_per_second` and `burst` set to
 //! `--live-rate`: it validates the file, renders the resource and renames it into the watched
-//! directory, and Envoy picks it up with no restart.
+//! directory, and Envoy picks it up with no restart. (The ECDS set-up itself: [`crate::ecds`].)
+//!
+//! [`run`] is its phases, each returning what the next needs: `prepare` (schedule, the two
+//! configurations), `render_initial`, `start` (storefront, Envoy), `surge_and_change`, `scrape`
+//! (Envoy's stats), `judge` (windows, claims), `summarise` ([`LiveSummary`]), `write`.
 //!
 //! Invariants: the shipped `envoy/ecds/` files are only read, never written; the change is the
 //! only difference between the two configurations; every process started here (Envoy, the helper)
@@ -16,6 +20,7 @@
 
 use crate::cli::Options;
 use crate::demo::{self, Monitor, CLIENT_TIMEOUT, ENVOY_WORKERS, FILTER_FLUSH_WAIT, INTERRUPTED};
+use crate::ecds::{accepted_lines, bootstrap, ecds_counters, prebuilt_checker, EcdsDir, HelperGuard, ECDS_PREFIX};
 use crate::interrupt::ChildGuard;
 use crate::load::{self, Live};
 use crate::outcome::{at_us, Outcome, Verdict};
@@ -28,11 +33,10 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use surgeguard_harness::envoy::{Envoy, Localise, Options as EnvoyOptions};
+use surgeguard_harness::envoy::{Envoy, Options as EnvoyOptions};
 use surgeguard_harness::output::{write_json, write_outputs};
 use surgeguard_harness::repo_root;
 
@@ -45,8 +49,6 @@ pub const TEMPLATE: &str = "envoy/ecds/surgeguard.template.yaml";
 pub const HELPER: &str = "scripts/surgeguard-apply";
 /// Left out of the "after" window: a changed limit starts from a full bucket (its burst).
 pub const SETTLE_S: f64 = 1.0;
-const ECDS_PREFIX: &str = "extension_config_discovery.http_filter.surgeguard.";
-const ACCEPTED_LOG: &str = "surgeguard: configuration accepted";
 
 /// The live change and what Envoy said about it. Times are seconds from the start of the load.
 #[derive(Debug, Clone, Default)]
@@ -276,105 +278,6 @@ pub fn changed_config(json: &str, rate: f64) -> Result<(String, f64, f64, f64), 
     limit["burst"] = json!(burst as u64);
     let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())? + "\n";
     Ok((text, old_rate, old_burst, burst))
-}
-
-/// The shipped ECDS bootstrap pointed at this machine: free ports, the storefront, `live_dir`.
-pub fn bootstrap(shipped: &str, live_dir: &Path, upstream_port: u16) -> Result<String, String> {
-    Localise::ecds(upstream_port, live_dir).apply(shipped, BOOTSTRAP)
-}
-
-/// A temporary copy of the ECDS set-up: `template.yaml` (module under test), `live/`.
-struct EcdsDir {
-    dir: tempfile::TempDir,
-}
-
-impl EcdsDir {
-    fn create() -> Result<EcdsDir, String> {
-        let dir = tempfile::Builder::new().prefix("surgeguard-live-").tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let template = Localise::module().apply(&read(&repo_root().join(TEMPLATE))?, TEMPLATE)?;
-        write_outputs(dir.path(), &[("template.yaml", template.as_bytes())])?;
-        std::fs::create_dir(dir.path().join("live")).map_err(|e| format!("live dir: {e}"))?;
-        Ok(EcdsDir { dir })
-    }
-
-    fn live_dir(&self) -> PathBuf {
-        self.dir.path().join("live")
-    }
-
-    /// `scripts/surgeguard-apply` on `config` into this directory (not started: the caller
-    /// waits for it); `admin_port` makes it wait for Envoy's verdict.
-    fn apply(&self, config: &Path, admin_port: Option<u16>, checker: Option<&Path>) -> Result<Child, String> {
-        let mut cmd = Command::new(repo_root().join(HELPER));
-        cmd.arg("--template")
-            .arg(self.dir.path().join("template.yaml"))
-            .arg("--resource")
-            .arg(self.live_dir().join("surgeguard.yaml"));
-        if let Some(port) = admin_port {
-            cmd.args(["--admin", &format!("127.0.0.1:{port}")]);
-        }
-        if let Some(c) = checker {
-            cmd.env("SURGEGUARD_CHECK", c);
-        }
-        let log = self.dir.path().join(format!("apply-{}.log", admin_port.is_some()));
-        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        cmd.arg(config)
-            .current_dir(repo_root())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("{HELPER}: {e}"))
-    }
-
-    fn apply_log(&self, with_admin: bool) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("apply-{with_admin}.log"))).unwrap_or_default()
-    }
-}
-
-/// The validator binary `./build.sh check` builds, once it is built (the first apply builds it):
-/// the mid-run apply then validates with it directly (the helper's `SURGEGUARD_CHECK`) instead of
-/// asking cargo again while the load runs. `None`: the helper's default (or the user's own
-/// `SURGEGUARD_CHECK`).
-fn prebuilt_checker() -> Option<PathBuf> {
-    if std::env::var_os("SURGEGUARD_CHECK").is_some() {
-        return None;
-    }
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-        candidates.push(dir.join("surgeguard-check"));
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(t).join("release/surgeguard-check"));
-    }
-    candidates.push(repo_root().join("target/release/surgeguard-check"));
-    candidates.into_iter().find(|c| c.is_file())
-}
-
-/// Envoy's ECDS counters for the filter: (update_success, update_rejected, update_failure).
-fn ecds_counters(envoy: &Envoy) -> (u64, u64, u64) {
-    let stats = envoy.stats_matching("extension_config_discovery");
-    let get = |name: &str| stats.get(&format!("{ECDS_PREFIX}{name}")).copied().unwrap_or(0);
-    (get("update_success"), get("update_rejected"), get("update_failure"))
-}
-
-fn accepted_lines(log: &str) -> Vec<String> {
-    log.lines().filter_map(|l| l.find(ACCEPTED_LOG).map(|i| l[i..].trim().to_string())).collect()
-}
-
-/// Stops the helper if it is still running (on interruption), then reaps it.
-struct HelperGuard(Option<Child>, Option<ChildGuard>);
-
-impl Drop for HelperGuard {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-        self.1.take();
-    }
 }
 
 fn say(line: &str) {

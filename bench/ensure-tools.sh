@@ -14,6 +14,14 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'ensure-tools.sh: %s\n' "$*" >&2; exit 1; }
 
 APT_UPDATED=0
+# apt_update_once SUDO: `apt-get update`, at most once per run.
+apt_update_once() {
+  [ "$APT_UPDATED" = 0 ] || return 0
+  say "apt-get update"
+  $1 apt-get update -qq >&2 || die "apt-get update failed (no network to the Debian mirror?)"
+  APT_UPDATED=1
+}
+
 # ensure_apt COMMAND PACKAGE: installs PACKAGE from Debian if COMMAND is missing; runs
 # `apt-get update` once, and only when an install is needed.
 ensure_apt() {
@@ -22,11 +30,7 @@ ensure_apt() {
   command -v apt-get >/dev/null 2>&1 || die "$cmd is missing and apt-get is not available to install $pkg"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null 2>&1; then
-    if [ "$APT_UPDATED" = 0 ]; then
-      say "apt-get update"
-      $sudo apt-get update -qq >&2 || die "apt-get update failed (no network to the Debian mirror?)"
-      APT_UPDATED=1
-    fi
+    apt_update_once "$sudo"
     say "installing $pkg (for $cmd)"
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >&2 || die "apt-get install $pkg failed"
   fi
@@ -37,11 +41,7 @@ ensure_apt() {
 ensure_deb() {
   dpkg -s "$1" >/dev/null 2>&1 && return 0
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  if [ "$APT_UPDATED" = 0 ]; then
-    say "apt-get update"
-    $sudo apt-get update -qq >&2 || die "apt-get update failed (no network to the Debian mirror?)"
-    APT_UPDATED=1
-  fi
+  apt_update_once "$sudo"
   say "installing $1"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >&2 || die "apt-get install $1 failed"
 }

@@ -15,7 +15,7 @@
 //! case) and `upstream` (proxied to a local upstream, as in production).
 
 use std::path::Path;
-use surgeguard_harness::envoy::{bootstrap_yaml, upstream_cluster_yaml};
+use surgeguard_harness::envoy::{bootstrap_yaml, json_string, upstream_cluster_yaml};
 
 /// The surgeguard arm's plugin configuration.
 pub const STOREFRONT_ADMIT_ALL: &str = include_str!("../configs/storefront-admit-all.json");
@@ -162,11 +162,6 @@ pub fn bootstrap(filter: &Filter, variant: Variant, upstream_port: u16) -> Strin
         Variant::Upstream => upstream_cluster_yaml(upstream_port),
     };
     bootstrap_yaml("bench", "", &route, &filter_yaml(filter), &clusters)
-}
-
-/// A JSON string literal is a valid YAML double-quoted scalar.
-fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
 }
 
 #[cfg(test)]

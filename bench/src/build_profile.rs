@@ -2,6 +2,43 @@
 //! `[profile.release]` is passed to their builds as `CARGO_PROFILE_RELEASE_*` variables, and
 //! the `wasm-opt` flags are read from `build.sh`. So when the lead changes either (say
 //! `opt-level = "z"`), the empty filter follows and the comparison stays fair.
+//!
+//! [`cargo_release_build`] builds any of the bench's standalone crates (the filters, the
+//! profiler), each into its own target dir under `target/`.
+
+use crate::procs::{run_to_completion, Pinned};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One of the bench's standalone crates, built in release mode.
+pub struct CargoBuild<'a> {
+    /// Its folder under `bench/`.
+    pub dir: &'a str,
+    /// `--target`, when not the host.
+    pub target: Option<&'a str>,
+    /// Extra environment variables (the release profile).
+    pub env: Vec<(String, String)>,
+}
+
+/// Builds `bench/<dir>` into `target/bench-<dir>`; returns that target dir.
+pub fn cargo_release_build(root: &Path, b: &CargoBuild) -> Result<PathBuf, String> {
+    let target_dir = root.join(format!("target/bench-{}", b.dir));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args: Vec<String> = vec!["build".into(), "-q".into(), "--release".into()];
+    if let Some(t) = b.target {
+        args.extend(["--target".into(), t.into()]);
+    }
+    args.extend([
+        "--manifest-path".into(),
+        root.join(format!("bench/{}/Cargo.toml", b.dir)).display().to_string(),
+        "--target-dir".into(),
+        target_dir.display().to_string(),
+    ]);
+    let mut cmd = Pinned::new("", &cargo, &args);
+    cmd.env = b.env.clone();
+    run_to_completion(&cmd, Duration::from_secs(600)).map_err(|e| format!("building bench/{}: {e}", b.dir))?;
+    Ok(target_dir)
+}
 
 /// `[profile.release]` of a Cargo.toml as (KEY, value) pairs for `CARGO_PROFILE_RELEASE_KEY`.
 pub fn release_profile_env(cargo_toml: &str) -> Vec<(String, String)> {

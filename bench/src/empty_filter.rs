@@ -3,10 +3,11 @@
 //! codegen-units 1, panic abort), wasm32-wasip1, then
 //! `wasm-opt -all -O3 --strip-debug --strip-producers`.
 
-use crate::build_profile::{release_profile_env, wasm_opt_flags};
+use crate::build_profile::{cargo_release_build, release_profile_env, wasm_opt_flags, CargoBuild};
 use crate::procs::{run_to_completion, Pinned};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use surgeguard_harness::output::write_outputs;
 
 /// One of the bench's filter crates: its folder under `bench/` and its library name.
 pub struct Crate {
@@ -26,38 +27,24 @@ pub struct Built {
     pub wasm_opt_flags: Vec<String>,
 }
 
+/// Builds the crate like `./build.sh` builds surgeguard and writes the module into `out_dir`.
 pub fn build(c: &Crate, root: &Path, out_dir: &Path) -> Result<Built, String> {
-    let manifest = root.join(format!("bench/{}/Cargo.toml", c.dir));
-    let target_dir = root.join(format!("target/bench-{}", c.dir));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let args: Vec<String> = vec![
-        "build".into(),
-        "-q".into(),
-        "--release".into(),
-        "--target".into(),
-        "wasm32-wasip1".into(),
-        "--manifest-path".into(),
-        manifest.display().to_string(),
-        "--target-dir".into(),
-        target_dir.display().to_string(),
-    ];
     // The root crate's release profile, so a change there (e.g. opt-level) applies here too.
     let root_toml = std::fs::read_to_string(root.join("Cargo.toml")).unwrap_or_default();
     let profile = release_profile_env(&root_toml);
-    let mut cmd = Pinned::new("", &cargo, &args);
-    cmd.env = profile.clone();
-    run_to_completion(&cmd, Duration::from_secs(600)).map_err(|e| format!("building bench/{}: {e}", c.dir))?;
+    let target_dir =
+        cargo_release_build(root, &CargoBuild { dir: c.dir, target: Some("wasm32-wasip1"), env: profile.clone() })?;
     let raw = target_dir.join(format!("wasm32-wasip1/release/{}.wasm", c.lib));
-    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-    let module = out_dir.join(format!("{}.wasm", c.dir.replace('-', "_")));
+    let optimised = target_dir.join(format!("wasm32-wasip1/release/{}.opt.wasm", c.lib));
     let build_sh = std::fs::read_to_string(root.join("build.sh")).unwrap_or_default();
     let wasm_opt_flags = wasm_opt_flags(&build_sh);
     let mut opt_args = wasm_opt_flags.clone();
-    opt_args.extend([raw.display().to_string(), "-o".into(), module.display().to_string()]);
+    opt_args.extend([raw.display().to_string(), "-o".into(), optimised.display().to_string()]);
     let wasm_opt = run_to_completion(&Pinned::new("", "wasm-opt", &opt_args), Duration::from_secs(120)).is_ok();
-    if !wasm_opt {
-        // Like ./build.sh: without wasm-opt the module ships unoptimised (and so does surgeguard).
-        std::fs::copy(&raw, &module).map_err(|e| format!("{}: {e}", raw.display()))?;
-    }
-    Ok(Built { module, wasm_opt, profile, wasm_opt_flags })
+    // Like ./build.sh: without wasm-opt the module ships unoptimised (and so does surgeguard).
+    let built = if wasm_opt { &optimised } else { &raw };
+    let bytes = std::fs::read(built).map_err(|e| format!("{}: {e}", built.display()))?;
+    let name = format!("{}.wasm", c.dir.replace('-', "_"));
+    write_outputs(out_dir, &[(&name, &bytes)])?;
+    Ok(Built { module: out_dir.join(name), wasm_opt, profile, wasm_opt_flags })
 }

@@ -1,11 +1,13 @@
 //! The machine the figures come from (for the report), and the CPU time other processes took
 //! from the Envoy core while a measurement ran (the noise the report shows).
 
+use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[derive(Debug, Clone)]
+/// `machine` in `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,

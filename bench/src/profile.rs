@@ -8,26 +8,17 @@
 //! feature (classification, each limit, the in-flight limit) reads as a difference of rows.
 
 use crate::arms::{CONTRACT_ADMIT_ALL, HEADERS, PATH, STOREFRONT_ADMIT_ALL};
+use crate::build_profile::{cargo_release_build, CargoBuild};
 use crate::procs::{run_to_completion, Pinned};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use surgeguard_harness::output::write_outputs;
 
 /// Builds the profiler (a standalone crate, its own target dir under `target/`).
 pub fn build(root: &Path) -> Result<PathBuf, String> {
-    let target_dir = root.join("target/bench-hostcalls");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let args: Vec<String> = vec![
-        "build".into(),
-        "-q".into(),
-        "--release".into(),
-        "--manifest-path".into(),
-        root.join("bench/hostcalls/Cargo.toml").display().to_string(),
-        "--target-dir".into(),
-        target_dir.display().to_string(),
-    ];
-    run_to_completion(&Pinned::new("", &cargo, &args), Duration::from_secs(600))
-        .map_err(|e| format!("building bench/hostcalls: {e}"))?;
+    let target_dir = cargo_release_build(root, &CargoBuild { dir: "hostcalls", target: None, env: Vec::new() })?;
     Ok(target_dir.join("release/hostcalls"))
 }
 
@@ -87,55 +78,101 @@ fn run_one(tool: &Path, module: &Path, root_id: &str, config: Option<&Path>) -> 
 /// The callbacks Envoy makes when a stream ends (a module may export any of them).
 const STREAM_END_CALLBACKS: [&str; 3] = ["proxy_on_log", "proxy_on_done", "proxy_on_delete"];
 
-/// The summary row of one profiled module/configuration.
-pub fn row(name: &str, v: &Value) -> Value {
-    let p = &v["per_request"];
-    let at_stream_end: f64 = STREAM_END_CALLBACKS.iter().filter_map(|cb| p["wasm_instructions"][cb].as_f64()).sum();
-    json!({
-        "name": name,
-        "wasm_instructions": p["wasm_instructions_total"],
-        "callbacks_into_module": p["callbacks_into_module"],
-        "wasm_instructions_on_request_headers": p["wasm_instructions"]["proxy_on_request_headers"],
-        "wasm_instructions_at_stream_end": at_stream_end,
-        "host_calls": p["host_calls_total"],
-        "shared_data_reads": p["shared_data_reads"],
-        "shared_data_writes": p["shared_data_writes"],
-        "host_to_module_allocations": p["host_allocations"],
-        "host_calls_by_name": p["host_calls"],
-    })
+/// `profile` in `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Profile {
+    pub method: &'static str,
+    pub rows: Vec<ProfileRow>,
+    pub surgeguard: SurgeguardCosts,
+    pub empty_wasm: EmptyCosts,
 }
 
-/// Profiles the empty filter, surgeguard, and the ablation; returns the `profile` object.
-pub fn profile(root: &Path, out_dir: &Path, surgeguard: &Path, empty: &Path) -> Result<Value, String> {
+/// What `bench/hostcalls` reports for the surgeguard arm's configuration, as it reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SurgeguardCosts {
+    pub per_request: Value,
+    pub first_request: Value,
+    pub per_tick: Value,
+    pub configure: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EmptyCosts {
+    pub per_request: Value,
+}
+
+/// The summary row of one profiled module/configuration: per request, steady state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProfileRow {
+    pub name: String,
+    pub wasm_instructions: Option<f64>,
+    pub callbacks_into_module: Option<f64>,
+    pub wasm_instructions_on_request_headers: Option<f64>,
+    pub wasm_instructions_at_stream_end: f64,
+    pub host_calls: Option<f64>,
+    pub shared_data_reads: Option<f64>,
+    pub shared_data_writes: Option<f64>,
+    pub host_to_module_allocations: Option<f64>,
+    pub host_calls_by_name: Value,
+}
+
+/// The row of one `bench/hostcalls` report.
+pub fn row(name: &str, v: &Value) -> ProfileRow {
+    let p = &v["per_request"];
+    ProfileRow {
+        name: name.to_string(),
+        wasm_instructions: p["wasm_instructions_total"].as_f64(),
+        callbacks_into_module: p["callbacks_into_module"].as_f64(),
+        wasm_instructions_on_request_headers: p["wasm_instructions"]["proxy_on_request_headers"].as_f64(),
+        wasm_instructions_at_stream_end: STREAM_END_CALLBACKS
+            .iter()
+            .filter_map(|cb| p["wasm_instructions"][cb].as_f64())
+            .sum(),
+        host_calls: p["host_calls_total"].as_f64(),
+        shared_data_reads: p["shared_data_reads"].as_f64(),
+        shared_data_writes: p["shared_data_writes"].as_f64(),
+        host_to_module_allocations: p["host_allocations"].as_f64(),
+        host_calls_by_name: p["host_calls"].clone(),
+    }
+}
+
+/// Profiles the empty filter, surgeguard, and the ablation (whose configurations it writes
+/// into `out_dir/profile/` for the profiler to read).
+pub fn profile(root: &Path, out_dir: &Path, surgeguard: &Path, empty: &Path) -> Result<Profile, String> {
     let tool = build(root)?;
-    let dir = out_dir.join("profile");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ablation = ablation()?;
+    let files: Vec<(String, Vec<u8>)> = ablation
+        .iter()
+        .enumerate()
+        .map(|(i, (_, config))| (format!("ablation-{i}.json"), config.to_string().into_bytes()))
+        .collect();
+    let named: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let paths = write_outputs(&out_dir.join("profile"), &named)?;
     let empty_v = run_one(&tool, empty, "empty", None)?;
     let mut rows = vec![row("empty_wasm", &empty_v)];
     let mut full = Value::Null;
-    for (i, (name, config)) in ablation()?.into_iter().enumerate() {
-        let path = dir.join(format!("ablation-{i}.json"));
-        std::fs::write(&path, config.to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
-        let v = run_one(&tool, surgeguard, "surgeguard", Some(&path))?;
+    for ((name, _), path) in ablation.iter().zip(&paths) {
+        let v = run_one(&tool, surgeguard, "surgeguard", Some(path))?;
         rows.push(row(name, &v));
         full = v;
     }
-    Ok(json!({
-        "method": "bench/hostcalls: the module in the wasmi interpreter against a recording host; steady-state averages over 200 requests (after a first request that creates the shared state); wasm instructions = wasmi fuel",
-        "rows": rows,
-        "surgeguard": {
-            "per_request": full["per_request"],
-            "first_request": full["first_request"],
-            "per_tick": full["per_tick"],
-            "configure": full["configure"],
+    Ok(Profile {
+        method: "bench/hostcalls: the module in the wasmi interpreter against a recording host; steady-state averages over 200 requests (after a first request that creates the shared state); wasm instructions = wasmi fuel",
+        rows,
+        surgeguard: SurgeguardCosts {
+            per_request: full["per_request"].clone(),
+            first_request: full["first_request"].clone(),
+            per_tick: full["per_tick"].clone(),
+            configure: full["configure"].clone(),
         },
-        "empty_wasm": { "per_request": empty_v["per_request"] },
-    }))
+        empty_wasm: EmptyCosts { per_request: empty_v["per_request"].clone() },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_ablation_adds_one_feature_per_row_and_ends_at_the_storefront_configuration() {
@@ -158,10 +195,11 @@ mod tests {
             "wasm_instructions": {"proxy_on_request_headers": 53263.0, "proxy_on_log": 6173.0, "proxy_on_delete": 741.0},
             "host_calls": {"proxy_get_shared_data": 5.0}}});
         let r = row("surgeguard", &v);
-        assert_eq!(r["wasm_instructions"], 63091.0);
-        assert_eq!(r["callbacks_into_module"], 3.0);
-        assert_eq!(r["wasm_instructions_at_stream_end"], 6914.0);
-        assert_eq!(r["host_calls"], 17.0);
-        assert_eq!(r["host_to_module_allocations"], 10.0);
+        assert_eq!(r.wasm_instructions, Some(63091.0));
+        assert_eq!(r.callbacks_into_module, Some(3.0));
+        assert_eq!(r.wasm_instructions_at_stream_end, 6914.0);
+        assert_eq!(r.host_calls, Some(17.0));
+        assert_eq!(r.host_to_module_allocations, Some(10.0));
+        assert_eq!(r.host_calls_by_name["proxy_get_shared_data"], 5.0);
     }
 }

@@ -1,13 +1,13 @@
 //! The measurements of one run, their summaries (medians over rounds, spread), the ratios
-//! between arms, the floors of issue 5, and `results.json`.
+//! between arms, the floors of issue 5, and each variant's part of `results.json`.
 //!
 //! Ratios are throughput ratios: `rps(a) / rps(b)` from the medians over rounds of one
 //! interleaved run. Each round's paired ratio is kept too (`per_round`), so the spread of a
 //! ratio is visible, not only the spread of each arm.
 
 use crate::arms::{Arm, Variant, ARMS};
-use crate::stats::{median, paired_ratios, ratio, round_to, summarize, Summary};
-use serde_json::{json, Map, Value};
+use crate::stats::{median, paired_ratios, ratio, round_to, rounded, summarize, Summary};
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// One closed-loop (wrk) measurement of one arm.
@@ -112,32 +112,38 @@ impl RatioFigure {
         let (xa, xb) = (run.rps_samples(a), run.rps_samples(b));
         Some(RatioFigure { of_medians: ratio(median(&xa)?, median(&xb)?)?, per_round: paired_ratios(&xa, &xb) })
     }
+}
 
-    fn json(&self) -> Value {
-        let s = summarize(&self.per_round);
-        json!({
-            "of_medians": round_to(self.of_medians, 4),
-            "per_round": self.per_round.iter().map(|r| round_to(*r, 4)).collect::<Vec<_>>(),
-            "per_round_median": s.map(|s| round_to(s.median, 4)),
-            "per_round_min": s.map(|s| round_to(s.min, 4)),
-            "per_round_max": s.map(|s| round_to(s.max, 4)),
-        })
+/// One figure for each arm surgeguard is compared with, under the names `results.json` uses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparisons<T> {
+    pub surgeguard_vs_empty_wasm: T,
+    pub surgeguard_vs_native: T,
+    pub surgeguard_vs_no_filter: T,
+}
+
+impl<T> Comparisons<T> {
+    /// `figure(base)` for each arm surgeguard is compared with.
+    pub fn of(mut figure: impl FnMut(Arm) -> T) -> Comparisons<T> {
+        Comparisons {
+            surgeguard_vs_empty_wasm: figure(Arm::EmptyWasm),
+            surgeguard_vs_native: figure(Arm::NativeLocalRatelimit),
+            surgeguard_vs_no_filter: figure(Arm::NoFilter),
+        }
+    }
+
+    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> Comparisons<U> {
+        Comparisons {
+            surgeguard_vs_empty_wasm: f(&self.surgeguard_vs_empty_wasm),
+            surgeguard_vs_native: f(&self.surgeguard_vs_native),
+            surgeguard_vs_no_filter: f(&self.surgeguard_vs_no_filter),
+        }
     }
 }
 
-/// The three headline ratios of one variant.
-pub struct Ratios {
-    pub vs_empty_wasm: Option<RatioFigure>,
-    pub vs_native: Option<RatioFigure>,
-    pub vs_no_filter: Option<RatioFigure>,
-}
-
-pub fn ratios(run: &VariantRun) -> Ratios {
-    Ratios {
-        vs_empty_wasm: RatioFigure::between(run, Arm::Surgeguard, Arm::EmptyWasm),
-        vs_native: RatioFigure::between(run, Arm::Surgeguard, Arm::NativeLocalRatelimit),
-        vs_no_filter: RatioFigure::between(run, Arm::Surgeguard, Arm::NoFilter),
-    }
+/// Surgeguard's throughput over each other arm's.
+pub fn ratios(run: &VariantRun) -> Comparisons<Option<RatioFigure>> {
+    Comparisons::of(|base| RatioFigure::between(run, Arm::Surgeguard, base))
 }
 
 /// Surgeguard's Envoy CPU per request minus another arm's, in microseconds (medians).
@@ -153,12 +159,15 @@ pub fn user_over(run: &VariantRun, base: Arm) -> Option<f64> {
 }
 
 /// One floor of issue 5 and where the current build stands.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Floor {
+    #[serde(rename = "floor")]
     pub name: &'static str,
     pub target: &'static str,
+    /// The figure, rounded to 4 decimals; `None`: not measured.
     pub value: Option<f64>,
     pub unit: &'static str,
+    /// Judged on the figure before rounding.
     pub met: Option<bool>,
 }
 
@@ -178,7 +187,7 @@ pub fn floors(i: &FloorInputs) -> Vec<Floor> {
     let floor = |name, target, value: Option<f64>, unit, ok: fn(f64) -> bool| Floor {
         name,
         target,
-        value,
+        value: value.and_then(|v| rounded(v, 4)),
         unit,
         met: value.map(ok),
     };
@@ -203,95 +212,116 @@ pub fn floors(i: &FloorInputs) -> Vec<Floor> {
     ]
 }
 
-fn num(x: f64, digits: i32) -> Value {
-    if x.is_finite() {
-        json!(round_to(x, digits))
-    } else {
-        Value::Null
-    }
+/// The contract's per-arm object (`rps_median`, `cpu_us_per_request`, `p99_us`), plus spread
+/// and the other percentiles. `None` (`null`): not measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArmSummary {
+    pub rps_median: Option<f64>,
+    pub cpu_us_per_request: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub p50_us: Option<f64>,
+    pub p999_us: Option<f64>,
+    pub rps_min: Option<f64>,
+    pub rps_max: Option<f64>,
+    pub rps_spread_pct: Option<f64>,
+    pub cpu_us_per_request_min: Option<f64>,
+    pub cpu_us_per_request_max: Option<f64>,
+    pub cpu_spread_pct: Option<f64>,
+    pub user_us_per_request: Option<f64>,
+    pub system_us_per_request: Option<f64>,
+    pub p99_spread_pct: Option<f64>,
+    pub latency_achieved_rps: Option<f64>,
+    /// The open-loop rate as a share of this arm's own closed-loop maximum: near 100%,
+    /// latency is queueing, not service time.
+    pub latency_load_pct: Option<f64>,
+    pub foreign_cpu_pct_on_envoy_core: Option<f64>,
+    pub foreign_cpu_pct_on_load_core: Option<f64>,
+    pub failures: u64,
+    pub rounds: usize,
+    pub startup_ms: Option<f64>,
 }
 
-/// The contract's per-arm object, plus spread and the other percentiles.
-pub fn arm_json(f: &ArmFigures, startup_ms: Option<f64>) -> Value {
-    json!({
-        "rps_median": num(f.rps.median, 0),
-        "cpu_us_per_request": num(f.cpu_us_per_request.median, 2),
-        "p99_us": num(f.p99_us.median, 0),
-        "p50_us": num(f.p50_us, 0),
-        "p999_us": num(f.p999_us, 0),
-        "rps_min": num(f.rps.min, 0),
-        "rps_max": num(f.rps.max, 0),
-        "rps_spread_pct": num(f.rps.spread_pct, 1),
-        "cpu_us_per_request_min": num(f.cpu_us_per_request.min, 2),
-        "cpu_us_per_request_max": num(f.cpu_us_per_request.max, 2),
-        "cpu_spread_pct": num(f.cpu_us_per_request.spread_pct, 1),
-        "user_us_per_request": num(f.user_us_per_request.median, 2),
-        "system_us_per_request": num(f.cpu_us_per_request.median - f.user_us_per_request.median, 2),
-        "p99_spread_pct": num(f.p99_us.spread_pct, 1),
-        "latency_achieved_rps": num(f.latency_achieved_rps, 0),
-        // The open-loop rate as a share of this arm's own closed-loop maximum: near 100%,
-        // latency is queueing, not service time.
-        "latency_load_pct": num(f.latency_achieved_rps / f.rps.median * 100.0, 0),
-        "foreign_cpu_pct_on_envoy_core": num(f.foreign_cpu_pct, 1),
-        "foreign_cpu_pct_on_load_core": num(f.foreign_load_cpu_pct, 1),
-        "failures": f.failures,
-        "rounds": f.rps.samples,
-        "startup_ms": startup_ms.map_or(Value::Null, |v| num(v, 1)),
-    })
-}
-
-/// `arms` and `ratios` of one variant, in the contract's shape.
-pub fn variant_json(run: &VariantRun, startup_ms: &BTreeMap<&'static str, f64>) -> Value {
-    let mut arms = Map::new();
-    for arm in ARMS {
-        if let Some(f) = run.series(arm).and_then(figures) {
-            arms.insert(arm.key().to_string(), arm_json(&f, startup_ms.get(arm.key()).copied()));
+impl ArmSummary {
+    pub fn new(f: &ArmFigures, startup_ms: Option<f64>) -> ArmSummary {
+        ArmSummary {
+            rps_median: rounded(f.rps.median, 0),
+            cpu_us_per_request: rounded(f.cpu_us_per_request.median, 2),
+            p99_us: rounded(f.p99_us.median, 0),
+            p50_us: rounded(f.p50_us, 0),
+            p999_us: rounded(f.p999_us, 0),
+            rps_min: rounded(f.rps.min, 0),
+            rps_max: rounded(f.rps.max, 0),
+            rps_spread_pct: rounded(f.rps.spread_pct, 1),
+            cpu_us_per_request_min: rounded(f.cpu_us_per_request.min, 2),
+            cpu_us_per_request_max: rounded(f.cpu_us_per_request.max, 2),
+            cpu_spread_pct: rounded(f.cpu_us_per_request.spread_pct, 1),
+            user_us_per_request: rounded(f.user_us_per_request.median, 2),
+            system_us_per_request: rounded(f.cpu_us_per_request.median - f.user_us_per_request.median, 2),
+            p99_spread_pct: rounded(f.p99_us.spread_pct, 1),
+            latency_achieved_rps: rounded(f.latency_achieved_rps, 0),
+            latency_load_pct: rounded(f.latency_achieved_rps / f.rps.median * 100.0, 0),
+            foreign_cpu_pct_on_envoy_core: rounded(f.foreign_cpu_pct, 1),
+            foreign_cpu_pct_on_load_core: rounded(f.foreign_load_cpu_pct, 1),
+            failures: f.failures,
+            rounds: f.rps.samples,
+            startup_ms: startup_ms.and_then(|v| rounded(v, 1)),
         }
     }
-    let r = ratios(run);
-    let headline = |x: &Option<RatioFigure>| x.as_ref().map_or(Value::Null, |r| num(r.of_medians, 4));
-    let detail = |x: &Option<RatioFigure>| x.as_ref().map_or(Value::Null, RatioFigure::json);
-    json!({
-        "arms": arms,
-        "ratios": {
-            "surgeguard_vs_empty_wasm": headline(&r.vs_empty_wasm),
-            "surgeguard_vs_native": headline(&r.vs_native),
-            "surgeguard_vs_no_filter": headline(&r.vs_no_filter),
-        },
-        "ratio_details": {
-            "surgeguard_vs_empty_wasm": detail(&r.vs_empty_wasm),
-            "surgeguard_vs_native": detail(&r.vs_native),
-            "surgeguard_vs_no_filter": detail(&r.vs_no_filter),
-        },
-        "cpu_us_over": {
-            "surgeguard_vs_empty_wasm": cpu_over(run, Arm::EmptyWasm).map_or(Value::Null, |v| num(v, 2)),
-            "surgeguard_vs_native": cpu_over(run, Arm::NativeLocalRatelimit).map_or(Value::Null, |v| num(v, 2)),
-            "surgeguard_vs_no_filter": cpu_over(run, Arm::NoFilter).map_or(Value::Null, |v| num(v, 2)),
-        },
-        "user_us_over": {
-            "surgeguard_vs_empty_wasm": user_over(run, Arm::EmptyWasm).map_or(Value::Null, |v| num(v, 2)),
-            "surgeguard_vs_native": user_over(run, Arm::NativeLocalRatelimit).map_or(Value::Null, |v| num(v, 2)),
-            "surgeguard_vs_no_filter": user_over(run, Arm::NoFilter).map_or(Value::Null, |v| num(v, 2)),
-        },
-        "latency_rate_rps": num(run.latency_rate_rps, 0),
-    })
 }
 
-pub fn floors_json(floors: &[Floor]) -> Value {
-    Value::Array(
-        floors
+/// A ratio as `ratio_details` shows it: of the medians, and each round's with their range.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RatioDetail {
+    pub of_medians: f64,
+    pub per_round: Vec<f64>,
+    pub per_round_median: Option<f64>,
+    pub per_round_min: Option<f64>,
+    pub per_round_max: Option<f64>,
+}
+
+impl RatioDetail {
+    pub fn new(r: &RatioFigure) -> RatioDetail {
+        let s = summarize(&r.per_round);
+        RatioDetail {
+            of_medians: round_to(r.of_medians, 4),
+            per_round: r.per_round.iter().map(|x| round_to(*x, 4)).collect(),
+            per_round_median: s.map(|s| round_to(s.median, 4)),
+            per_round_min: s.map(|s| round_to(s.min, 4)),
+            per_round_max: s.map(|s| round_to(s.max, 4)),
+        }
+    }
+}
+
+/// One variant in `results.json`: `arms` and `ratios` in the contract's shape, and the details.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VariantResults {
+    pub arms: BTreeMap<&'static str, ArmSummary>,
+    pub ratios: Comparisons<Option<f64>>,
+    pub ratio_details: Comparisons<Option<RatioDetail>>,
+    pub cpu_us_over: Comparisons<Option<f64>>,
+    pub user_us_over: Comparisons<Option<f64>>,
+    pub latency_rate_rps: Option<f64>,
+}
+
+impl VariantResults {
+    pub fn new(run: &VariantRun, startup_ms: &BTreeMap<&'static str, f64>) -> VariantResults {
+        let arms = ARMS
             .iter()
-            .map(|f| {
-                json!({
-                    "floor": f.name,
-                    "target": f.target,
-                    "value": f.value.map_or(Value::Null, |v| num(v, 4)),
-                    "unit": f.unit,
-                    "met": f.met,
-                })
+            .filter_map(|arm| {
+                let f = run.series(*arm).and_then(figures)?;
+                Some((arm.key(), ArmSummary::new(&f, startup_ms.get(arm.key()).copied())))
             })
-            .collect(),
-    )
+            .collect();
+        let ratios = ratios(run);
+        VariantResults {
+            arms,
+            ratios: ratios.map(|r| r.as_ref().and_then(|r| rounded(r.of_medians, 4))),
+            ratio_details: ratios.map(|r| r.as_ref().map(RatioDetail::new)),
+            cpu_us_over: Comparisons::of(|base| cpu_over(run, base).and_then(|v| rounded(v, 2))),
+            user_us_over: Comparisons::of(|base| user_over(run, base).and_then(|v| rounded(v, 2))),
+            latency_rate_rps: rounded(run.latency_rate_rps, 0),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -326,9 +356,9 @@ mod tests {
             [12_000.0, 12_500.0, 11_000.0],
         ]);
         let r = ratios(&run);
-        assert_eq!(r.vs_no_filter.unwrap().of_medians, 12_000.0 / 20_000.0);
-        assert_eq!(r.vs_native.unwrap().of_medians, 12_000.0 / 18_000.0);
-        let e = r.vs_empty_wasm.unwrap();
+        assert_eq!(r.surgeguard_vs_no_filter.unwrap().of_medians, 12_000.0 / 20_000.0);
+        assert_eq!(r.surgeguard_vs_native.unwrap().of_medians, 12_000.0 / 18_000.0);
+        let e = r.surgeguard_vs_empty_wasm.unwrap();
         assert_eq!(e.of_medians, 0.75);
         assert_eq!(e.per_round, vec![0.75, 12_500.0 / 15_000.0, 11_000.0 / 17_000.0]);
     }
@@ -344,7 +374,7 @@ mod tests {
     fn an_arm_without_measurements_gives_no_ratio() {
         let mut run = run_with([[1.0; 3]; 4]);
         run.arms.insert("empty_wasm", Series::default());
-        assert!(ratios(&run).vs_empty_wasm.is_none());
+        assert!(ratios(&run).surgeguard_vs_empty_wasm.is_none());
     }
 
     #[test]
@@ -366,10 +396,11 @@ mod tests {
     fn the_arm_object_has_the_contract_fields() {
         let run = run_with([[10_000.0; 3]; 4]);
         let f = figures(run.series(Arm::Surgeguard).unwrap()).unwrap();
-        let v = arm_json(&f, Some(812.34));
+        let v = serde_json::to_value(ArmSummary::new(&f, Some(812.34))).unwrap();
         assert_eq!(v["rps_median"], 10_000.0);
         assert_eq!(v["cpu_us_per_request"], 100.0);
         assert!(v["p99_us"].is_null(), "no latency rounds: no p99");
         assert_eq!(v["startup_ms"], 812.3);
+        assert_eq!(v["rounds"], 3);
     }
 }

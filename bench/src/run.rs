@@ -49,19 +49,29 @@ pub fn order(round: usize) -> Vec<Arm> {
     (0..ARMS.len()).map(|i| ARMS[(i + round) % ARMS.len()]).collect()
 }
 
+/// Envoy workers during the start-up samples (both cores).
+pub const STARTUP_WORKERS: u32 = 2;
+
+/// Start-up samples in ms per arm, and their medians.
+pub struct Startup {
+    pub samples_ms: BTreeMap<&'static str, Vec<f64>>,
+    pub medians_ms: BTreeMap<&'static str, f64>,
+}
+
 /// Start-up times in ms per arm: time from spawning Envoy to its admin `/ready` (harness
-/// polls every 20 ms), with 2 workers on both cores, direct_response variant.
-pub fn startup(m: &Modules, samples: u32) -> Result<BTreeMap<&'static str, Vec<f64>>, String> {
-    let mut out: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+/// polls every 20 ms), with `STARTUP_WORKERS` workers on both cores, direct_response variant.
+pub fn startup(m: &Modules, samples: u32) -> Result<Startup, String> {
+    let mut samples_ms: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for round in 0..samples as usize {
         for arm in order(round) {
             check_interrupted()?;
-            let mut envoy = start(arm, Variant::DirectResponse, m, 0, &bench_options(2, "0,1"))?;
-            out.entry(arm.key()).or_default().push(envoy.started_in.as_secs_f64() * 1e3);
+            let mut envoy = start(arm, Variant::DirectResponse, m, 0, &bench_options(STARTUP_WORKERS, "0,1"))?;
+            samples_ms.entry(arm.key()).or_default().push(envoy.started_in.as_secs_f64() * 1e3);
             envoy.stop();
         }
     }
-    Ok(out)
+    let medians_ms = samples_ms.iter().filter_map(|(k, v)| Some((*k, median(v)?))).collect();
+    Ok(Startup { samples_ms, medians_ms })
 }
 
 /// One Envoy of the fleet and the URL the load goes to.
@@ -91,7 +101,7 @@ impl Fleet {
             for arm in ARMS {
                 check_interrupted()?;
                 let envoy = start(arm, variant, m, upstream_port, &bench_options(1, ENVOY_CPU))?;
-                let url = format!("http://127.0.0.1:{}{PATH}", envoy.listener_port());
+                let url = envoy.url(PATH);
                 members.push(Member { variant, arm, envoy, url });
             }
         }

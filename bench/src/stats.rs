@@ -56,6 +56,12 @@ pub fn round_to(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// `x` rounded to `digits` decimals, or `None` when it is not a number (JSON has no NaN: a
+/// figure that could not be measured is `null`).
+pub fn rounded(x: f64, digits: i32) -> Option<f64> {
+    x.is_finite().then(|| round_to(x, digits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +111,12 @@ mod tests {
     fn rounding_keeps_the_given_decimals() {
         assert_eq!(round_to(0.123_456, 3), 0.123);
         assert_eq!(round_to(2.5e4, 0), 25_000.0);
+    }
+
+    #[test]
+    fn a_figure_that_is_not_a_number_rounds_to_none() {
+        assert_eq!(rounded(1.234_56, 2), Some(1.23));
+        assert_eq!(rounded(f64::NAN, 2), None);
+        assert_eq!(rounded(f64::INFINITY, 0), None);
     }
 }

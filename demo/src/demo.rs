@@ -2,6 +2,9 @@
 //! of a fresh storefront (without the filter, then with surgeguard), measured, and written out
 //! as `summary.json`, `report.html`, `report.svg` (the figure alone) and `table.md`.
 //!
+//! [`run`] is its phases: each arm (`start_arm`, the load, Envoy's stats) gives a [`Run`], the
+//! claims are checked, `summarise` gives the [`DemoSummary`], `write` the files.
+//!
 //! Invariants: both runs replay the identical schedule against an identical fresh storefront and
 //! differ only by the filter's block in the Envoy config; every Envoy, storefront and thread the
 //! demo starts is stopped before `run` returns, also on error, panic or interruption (each is
@@ -9,7 +12,6 @@
 
 use crate::cli::Options;
 use crate::db::Contention;
-use crate::envoy_conf;
 use crate::interrupt::ChildGuard;
 use crate::load::{self, Live};
 use crate::outcome::Verdict;
@@ -17,18 +19,20 @@ use crate::pool::Pool;
 use crate::report::{self, Figure};
 use crate::schedule::{Arrival, Plan};
 use crate::storefront::{BackendSpec, Storefront, StorefrontConfig};
-use crate::summary::{self, Claim, Run, DB_SAMPLE_MS};
+use crate::summary::{self, Claim, DatabaseSummary, EnvoySummary, LoadSummary, Run, RunSummary, DB_SAMPLE_MS};
 use crate::table;
 use crate::traffic::{Kind, Mix};
-use serde_json::{json, Value};
-use std::io::{IsTerminal, Write};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use surgeguard_harness::client::{requests, Req};
-use surgeguard_harness::envoy::{Envoy, Options as EnvoyOptions};
+use surgeguard_harness::envoy::{Envoy, FilterBlock, Localise, Options as EnvoyOptions, StartError};
+use surgeguard_harness::output::{write_json, write_outputs};
 
 /// A request with no response after this long counts as failed.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,7 +48,7 @@ pub struct Demo {
     pub without: Run,
     pub with: Run,
     pub claims: Vec<Claim>,
-    pub summary: Value,
+    pub summary: DemoSummary,
     pub table: String,
     pub markdown_table: String,
     pub written: Vec<PathBuf>,
@@ -165,17 +169,48 @@ impl Drop for Monitor {
     }
 }
 
+/// One arm's processes, running: the storefront, and Envoy in front of it (both stop on drop).
+struct ArmStack {
+    storefront: Storefront,
+    envoy: Envoy,
+    /// Envoy's listener.
+    port: u16,
+    _registered: ChildGuard,
+}
+
 fn run_arm(o: &Options, arm: Arm, plan: &Plan, arrivals: &[Arrival], cancel: &Arc<AtomicBool>) -> Result<Run, String> {
+    let stack = start_arm(o, arm, cancel)?;
+    let live = Arc::new(Live::default());
+    let monitor = Monitor::start(
+        Arc::clone(stack.storefront.db.pool()),
+        Arc::clone(&live),
+        arm.label(),
+        plan.clone(),
+        o.progress,
+    );
+    let outcomes = load::run(stack.port, arrivals, CLIENT_TIMEOUT, &live, cancel);
+    let db_in_use = monitor.finish();
+    let outcomes = outcomes.map_err(load_failed)?;
+    if arm == Arm::With {
+        // The filter hands its counters and gauge to Envoy on its 1 s tick: let every worker
+        // flush once more after the last request ended.
+        std::thread::sleep(FILTER_FLUSH_WAIT);
+    }
+    let filter_counters = summary::filter_counters(&stack.envoy.stats());
+    Ok(Run { key: arm.key(), outcomes, pool: stack.storefront.db.stats(), db_in_use, filter_counters })
+}
+
+/// A fresh storefront and an Envoy in front of it (the shipped config, with or without the
+/// filter), warmed up.
+fn start_arm(o: &Options, arm: Arm, cancel: &AtomicBool) -> Result<ArmStack, String> {
     let storefront = Storefront::start(&storefront_config(o))?;
-    let yaml = envoy_conf::load(&o.envoy_config, storefront.port, arm == Arm::With)?;
+    let filter = if arm == Arm::With { FilterBlock::Marked } else { FilterBlock::Removed };
+    let yaml = Localise { filter, ..Localise::local(storefront.port) }.load(&o.envoy_config)?;
     let envoy_opts =
         EnvoyOptions { concurrency: ENVOY_WORKERS, log_level: "warning".into(), ..EnvoyOptions::default() };
-    let envoy = Envoy::start(&yaml, &envoy_opts).map_err(|e| {
-        let tail: Vec<&str> = e.log.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!("{} ({}): {}\n{}", arm.key(), o.envoy_config.display(), e.message, tail.join("\n"))
-    })?;
-    let _registered = ChildGuard::register(envoy.pid());
+    let envoy = Envoy::start(&yaml, &envoy_opts)
+        .map_err(|e| envoy_failed(&format!("{} ({})", arm.key(), o.envoy_config.display()), &e))?;
+    let registered = ChildGuard::register(envoy.pid());
     if o.progress {
         eprintln!(
             "[{}] Envoy pid {} on 127.0.0.1:{} in front of the storefront on 127.0.0.1:{}",
@@ -192,34 +227,32 @@ fn run_arm(o: &Options, arm: Arm, plan: &Plan, arrivals: &[Arrival], cancel: &Ar
     if port == 0 {
         return Err(format!("{}: Envoy reported no listener port", arm.key()));
     }
-    // Warm-up through Envoy (no database work): connections and the wasm VMs are ready.
+    warm_up(port).map_err(|e| format!("{}: {e}", arm.key()))?;
+    Ok(ArmStack { storefront, envoy, port, _registered: registered })
+}
+
+/// Envoy did not start: what it said last, under `context`.
+pub(crate) fn envoy_failed(context: &str, e: &StartError) -> String {
+    let tail: Vec<&str> = e.log.lines().rev().take(15).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    format!("{context}: {}\n{}", e.message, tail.join("\n"))
+}
+
+/// A few requests through Envoy (no database work), so connections and the wasm VMs are ready
+/// before the load.
+pub(crate) fn warm_up(port: u16) -> Result<(), String> {
     let warm = requests(port, &vec![Req::get("/healthz"); 8]);
-    if let Some(bad) = warm.iter().find(|r| r.as_ref().map(|r| r.status) != Ok(200)) {
-        return Err(format!("{}: warm-up through Envoy failed: {bad:?}", arm.key()));
+    match warm.iter().find(|r| r.as_ref().map(|r| r.status) != Ok(200)) {
+        Some(bad) => Err(format!("warm-up through Envoy failed: {bad:?}")),
+        None => Ok(()),
     }
-    let live = Arc::new(Live::default());
-    let monitor =
-        Monitor::start(Arc::clone(storefront.db.pool()), Arc::clone(&live), arm.label(), plan.clone(), o.progress);
-    let outcomes = load::run(port, arrivals, CLIENT_TIMEOUT, &live, cancel);
-    let db_in_use = monitor.finish();
-    let outcomes = outcomes.map_err(|e| match e {
+}
+
+pub(crate) fn load_failed(e: load::LoadError) -> String {
+    match e {
         load::LoadError::Interrupted => INTERRUPTED.to_string(),
         load::LoadError::Setup(m) => m,
-    })?;
-    if arm == Arm::With {
-        // The filter hands its counters and gauge to Envoy on its 1 s tick: let every worker
-        // flush once more after the last request ended.
-        std::thread::sleep(FILTER_FLUSH_WAIT);
     }
-    let filter_counters = envoy
-        .stats()
-        .into_iter()
-        .filter(|(k, _)| k.contains("surgeguard."))
-        .map(|(k, v)| (k.trim_start_matches("wasmcustom.").to_string(), v))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into_iter()
-        .collect();
-    Ok(Run { key: arm.key(), outcomes, pool: storefront.db.stats(), db_in_use, filter_counters })
 }
 
 pub(crate) fn envoy_version() -> String {
@@ -247,67 +280,103 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<Demo, String> {
     let without = run_arm(o, Arm::Without, &plan, &arrivals, cancel)?;
     let with = run_arm(o, Arm::With, &plan, &arrivals, cancel)?;
     let claims = summary::claims(o.pool_size, &without, &with);
-    let model = o.database_url.is_none().then(Contention::default);
-    let backend = if model.is_some() { "embedded model" } else { "PostgreSQL" };
-    let version = envoy_version();
-    let settings = format!(
-        "{:.0} s per run: {}; {} requests per run, the same in both. Database tier: {backend}, a pool of {} connections, pool-wait timeout {} ms. Envoy {version}, {ENVOY_WORKERS} workers, {}.",
-        plan.duration_s,
-        plan.phases(),
-        arrivals.len(),
-        o.pool_size,
-        o.pool_wait_ms,
-        relative(&o.envoy_config),
-    );
-    let mix: serde_json::Map<String, Value> =
-        Kind::ALL.iter().map(|k| (k.name().to_string(), json!(plan.mix.share(*k)))).collect();
-    let mut load = plan.to_json(arrivals.len());
-    load["mix"] = Value::Object(mix);
-    load["client_timeout_ms"] = json!(CLIENT_TIMEOUT.as_millis() as u64);
-    let summary = json!({
-        "db_pool_size": o.pool_size,
-        "runs": {
-            "without_filter": without.to_json(&plan),
-            "with_filter": with.to_json(&plan),
-        },
-        "load": load,
-        "database": {
-            "backend": if model.is_some() { "model" } else { "postgresql" },
-            "pool_wait_ms": o.pool_wait_ms,
-            "full_speed_queries": model.map(|m| m.knee),
-            "thrash_per_conn": model.map(|m| m.thrash_per_conn),
-        },
-        "envoy": { "version": version, "workers": ENVOY_WORKERS, "config": relative(&o.envoy_config) },
-        "claims": crate::summary::claims_json(&claims),
-        "all_claims_hold": claims.iter().all(|c| c.holds),
-    });
-    let figure =
-        Figure { plan: &plan, pool_size: o.pool_size, knee: model.map(|m| m.knee), without: &without, with: &with };
-    std::fs::create_dir_all(&o.out_dir).map_err(|e| format!("{}: {e}", o.out_dir.display()))?;
-    let markdown_table = table::markdown(o.pool_size, &without, &with);
-    let files = [
-        ("summary.json", format!("{}\n", serde_json::to_string_pretty(&summary).unwrap_or_default())),
-        ("report.html", report::html(&figure, &claims, &settings)),
-        ("report.svg", report::svg(&figure)),
-        ("table.md", markdown_table.clone()),
-    ];
-    let mut written = Vec::new();
-    for (name, text) in files {
-        let path = o.out_dir.join(name);
-        std::fs::File::create(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        written.push(path);
-    }
-    Ok(Demo {
+    let summary = summarise(o, &plan, arrivals.len(), &without, &with, &claims);
+    let mut demo = Demo {
         table: table::text(o.pool_size, &without, &with),
-        markdown_table,
+        markdown_table: table::markdown(o.pool_size, &without, &with),
         plan,
         pool_size: o.pool_size,
         without,
         with,
         claims,
         summary,
-        written,
-    })
+        written: Vec::new(),
+    };
+    demo.written = write(o, &demo)?;
+    Ok(demo)
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoSummary {
+    pub db_pool_size: u32,
+    /// By run key: `without_filter`, `with_filter`.
+    pub runs: BTreeMap<&'static str, RunSummary>,
+    pub load: LoadSummary,
+    pub database: DemoDatabase,
+    pub envoy: EnvoySummary,
+    pub claims: Vec<Claim>,
+    pub all_claims_hold: bool,
+}
+
+/// The database tier, with the embedded model's parameters (`null` for PostgreSQL).
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoDatabase {
+    #[serde(flatten)]
+    pub tier: DatabaseSummary,
+    pub full_speed_queries: Option<u32>,
+    pub thrash_per_conn: Option<f64>,
+}
+
+fn summarise(o: &Options, plan: &Plan, offered: usize, without: &Run, with: &Run, claims: &[Claim]) -> DemoSummary {
+    let model = o.database_url.is_none().then(Contention::default);
+    DemoSummary {
+        db_pool_size: o.pool_size,
+        runs: [without, with].into_iter().map(|r| (r.key, r.summary(plan))).collect(),
+        load: LoadSummary {
+            plan: plan.summary(offered),
+            mix: Some(Kind::ALL.iter().map(|k| (k.name(), plan.mix.share(*k))).collect()),
+            client_timeout_ms: CLIENT_TIMEOUT.as_millis() as u64,
+        },
+        database: DemoDatabase {
+            tier: DatabaseSummary {
+                backend: if model.is_some() { "model" } else { "postgresql" },
+                pool_wait_ms: o.pool_wait_ms,
+            },
+            full_speed_queries: model.map(|m| m.knee),
+            thrash_per_conn: model.map(|m| m.thrash_per_conn),
+        },
+        envoy: EnvoySummary { version: envoy_version(), workers: ENVOY_WORKERS, config: relative(&o.envoy_config) },
+        claims: claims.to_vec(),
+        all_claims_hold: claims.iter().all(|c| c.holds),
+    }
+}
+
+/// The report's line on how the runs were made.
+fn settings(d: &Demo) -> String {
+    let s = &d.summary;
+    let backend = if s.database.tier.backend == "model" { "embedded model" } else { "PostgreSQL" };
+    format!(
+        "{:.0} s per run: {}; {} requests per run, the same in both. Database tier: {backend}, a pool of {} connections, pool-wait timeout {} ms. Envoy {}, {ENVOY_WORKERS} workers, {}.",
+        d.plan.duration_s,
+        d.plan.phases(),
+        s.load.plan.offered,
+        d.pool_size,
+        s.database.tier.pool_wait_ms,
+        s.envoy.version,
+        s.envoy.config,
+    )
+}
+
+/// `summary.json`, `report.html`, `report.svg` and `table.md` into `o.out_dir`.
+fn write(o: &Options, d: &Demo) -> Result<Vec<PathBuf>, String> {
+    let figure = Figure {
+        plan: &d.plan,
+        pool_size: d.pool_size,
+        knee: d.summary.database.full_speed_queries,
+        without: &d.without,
+        with: &d.with,
+    };
+    let summary = write_json(&d.summary)?;
+    let html = report::html(&figure, &d.claims, &settings(d));
+    let svg = report::svg(&figure);
+    write_outputs(
+        &o.out_dir,
+        &[
+            ("summary.json", &summary),
+            ("report.html", html.as_bytes()),
+            ("report.svg", svg.as_bytes()),
+            ("table.md", d.markdown_table.as_bytes()),
+        ],
+    )
 }

@@ -3,17 +3,18 @@
 //! A storefront ([`storefront`]) whose every page needs one query on a database tier with a
 //! fixed connection pool ([`pool`], [`db`]; or a real PostgreSQL, [`pg`]) receives a traffic mix
 //! ([`traffic`]) that surges several-fold ([`schedule`]), sent open-loop ([`load`]) through a
-//! real Envoy twice: without the filter and with surgeguard ([`envoy_conf`], [`demo`]). The
+//! real Envoy twice: without the filter and with surgeguard ([`demo`]; the shipped config is
+//! pointed at this machine, and its filter removed for the first run, by the harness). The
 //! results ([`outcome`], [`summary`]) become a terminal table ([`table`]), `summary.json` and
-//! an HTML report with plots ([`report`]). `--live` ([`live`], [`live_report`]) instead runs once
-//! with the filter configured over ECDS and changes a limit mid-run.
+//! an HTML report with plots ([`report`]). `--live` ([`live`], [`ecds`], [`live_report`]) instead
+//! runs once with the filter configured over ECDS and changes a limit mid-run.
 //!
 //! Nothing here is compiled into the wasm module: this crate only drives Envoy from outside.
 
 pub mod cli;
 pub mod db;
 pub mod demo;
-pub mod envoy_conf;
+pub mod ecds;
 pub mod interrupt;
 pub mod live;
 pub mod live_report;

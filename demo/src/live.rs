@@ -7,7 +7,11 @@
 //! by `scripts/surgeguard-apply` before Envoy starts. Halfway through the surge the same helper
 //! applies the same JSON with the `storefront` bucket's `tokens_per_second` and `burst` set to
 //! `--live-rate`: it validates the file, renders the resource and renames it into the watched
-//! directory, and Envoy picks it up with no restart.
+//! directory, and Envoy picks it up with no restart. (The ECDS set-up itself: [`crate::ecds`].)
+//!
+//! [`run`] is its phases, each returning what the next needs: `prepare` (schedule, the two
+//! configurations), `render_initial`, `start` (storefront, Envoy), `surge_and_change`, `scrape`
+//! (Envoy's stats), `judge` (windows, claims), `summarise` ([`LiveSummary`]), `write`.
 //!
 //! Invariants: the shipped `envoy/ecds/` files are only read, never written; the change is the
 //! only difference between the two configurations; every process started here (Envoy, the helper)
@@ -15,25 +19,26 @@
 //! ECDS counter `update_success` went up, never when the helper was started.
 
 use crate::cli::Options;
-use crate::db::Contention;
 use crate::demo::{self, Monitor, CLIENT_TIMEOUT, ENVOY_WORKERS, FILTER_FLUSH_WAIT, INTERRUPTED};
+use crate::ecds::{accepted_lines, bootstrap, ecds_counters, prebuilt_checker, EcdsDir, HelperGuard, ECDS_PREFIX};
 use crate::interrupt::ChildGuard;
 use crate::load::{self, Live};
-use crate::outcome::{Outcome, Verdict};
-use crate::schedule::{Plan, RAMP_S};
+use crate::outcome::{at_us, Outcome, Verdict};
+use crate::schedule::{Arrival, Plan, RAMP_S};
 use crate::storefront::Storefront;
-use crate::summary::{Claim, Run, Stats};
+use crate::summary::{Claim, DatabaseSummary, EnvoySummary, LoadSummary, Run, RunSummary, Stats};
 use crate::traffic::Kind;
+use serde::Serialize;
 use serde_json::{json, Value};
-use std::io::{IsTerminal, Write};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use surgeguard_harness::client::{requests, Req};
-use surgeguard_harness::envoy::{json_string, Envoy, Options as EnvoyOptions};
-use surgeguard_harness::{repo_root, wasm_path};
+use surgeguard_harness::envoy::{Envoy, Options as EnvoyOptions};
+use surgeguard_harness::output::{write_json, write_outputs};
+use surgeguard_harness::repo_root;
 
 /// The limit `--live` changes: the global bucket of `envoy/storefront.json`.
 pub const LIMIT: &str = "storefront";
@@ -44,8 +49,6 @@ pub const TEMPLATE: &str = "envoy/ecds/surgeguard.template.yaml";
 pub const HELPER: &str = "scripts/surgeguard-apply";
 /// Left out of the "after" window: a changed limit starts from a full bucket (its burst).
 pub const SETTLE_S: f64 = 1.0;
-const ECDS_PREFIX: &str = "extension_config_discovery.http_filter.surgeguard.";
-const ACCEPTED_LOG: &str = "surgeguard: configuration accepted";
 
 /// The live change and what Envoy said about it. Times are seconds from the start of the load.
 #[derive(Debug, Clone, Default)]
@@ -105,12 +108,12 @@ pub struct Window {
 impl Window {
     pub fn of(outcomes: &[Outcome], from_s: f64, to_s: f64) -> Window {
         let inside = |o: &&Outcome| {
-            let t = o.at_us as f64 / 1e6;
+            let t = at_us(o) as f64 / 1e6;
             t >= from_s && t < to_s
         };
         let kinds = Kind::ALL
             .iter()
-            .map(|k| (*k, Stats::of(outcomes.iter().filter(inside).filter(|o| o.kind == *k))))
+            .map(|k| (*k, Stats::of(outcomes.iter().filter(inside).filter(|o| o.label.kind == *k))))
             .collect();
         Window { from_s, to_s, kinds, all: Stats::of(outcomes.iter().filter(inside)) }
     }
@@ -124,29 +127,51 @@ impl Window {
         count as f64 / self.seconds()
     }
 
-    fn rates_json(&self, s: &Stats) -> Value {
+    fn rates(&self, s: &Stats) -> Rates {
         let r = |n: u64| (self.rate(n) * 10.0).round() / 10.0;
-        json!({
-            "offered_per_s": r(s.offered),
-            "served_per_s": r(s.served),
-            "refused_per_s": r(s.refused),
-            "failed_per_s": r(s.failed),
-            "offered": s.offered,
-            "served": s.served,
-            "refused": s.refused,
-            "failed": s.failed,
-        })
+        Rates {
+            offered_per_s: r(s.offered),
+            served_per_s: r(s.served),
+            refused_per_s: r(s.refused),
+            failed_per_s: r(s.failed),
+            offered: s.offered,
+            served: s.served,
+            refused: s.refused,
+            failed: s.failed,
+        }
     }
 
-    pub fn to_json(&self) -> Value {
-        let kinds: serde_json::Map<String, Value> =
-            self.kinds.iter().map(|(k, s)| (k.name().to_string(), self.rates_json(s))).collect();
-        let mut v = self.rates_json(&self.all);
-        v["from_s"] = json!((self.from_s * 100.0).round() / 100.0);
-        v["to_s"] = json!((self.to_s * 100.0).round() / 100.0);
-        v["kinds"] = Value::Object(kinds);
-        v
+    pub fn summary(&self) -> WindowSummary {
+        WindowSummary {
+            all: self.rates(&self.all),
+            from_s: (self.from_s * 100.0).round() / 100.0,
+            to_s: (self.to_s * 100.0).round() / 100.0,
+            kinds: self.kinds.iter().map(|(k, s)| (k.name(), self.rates(s))).collect(),
+        }
     }
+}
+
+/// A window's counts and rates (per second, to 0.1) in the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rates {
+    pub offered_per_s: f64,
+    pub served_per_s: f64,
+    pub refused_per_s: f64,
+    pub failed_per_s: f64,
+    pub offered: u64,
+    pub served: u64,
+    pub refused: u64,
+    pub failed: u64,
+}
+
+/// A window in the summary: in total, its bounds (seconds, to 0.01), per kind name.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowSummary {
+    #[serde(flatten)]
+    pub all: Rates,
+    pub from_s: f64,
+    pub to_s: f64,
+    pub kinds: BTreeMap<&'static str, Rates>,
 }
 
 /// Everything a finished `--live` run measured.
@@ -160,17 +185,79 @@ pub struct LiveDemo {
     pub connection_errors: u64,
     pub envoy_pid: u32,
     pub claims: Vec<Claim>,
-    pub summary: Value,
+    pub summary: LiveSummary,
     pub table: String,
     pub written: Vec<PathBuf>,
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+/// `summary.json` of `--live`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveSummary {
+    /// `live`.
+    pub mode: &'static str,
+    pub db_pool_size: u32,
+    /// By run key: `with_filter` only.
+    pub runs: BTreeMap<&'static str, RunSummary>,
+    pub live: ChangeSummary,
+    pub load: LoadSummary,
+    pub database: DatabaseSummary,
+    pub envoy: LiveEnvoySummary,
+    pub claims: Vec<Claim>,
+    pub all_claims_hold: bool,
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+/// The live change in the summary; times in seconds from the start of the load, to 0.01.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeSummary {
+    pub what: String,
+    pub limit: &'static str,
+    pub from: Bucket,
+    pub to: Bucket,
+    pub how: String,
+    pub due_s: f64,
+    pub started_s: f64,
+    pub applied_s: Option<f64>,
+    pub helper_done_s: f64,
+    pub accepted: bool,
+    pub ecds: EcdsCounters,
+    pub filter_log: Option<String>,
+    pub helper_output: String,
+    pub envoy_pid: u32,
+    pub envoy_restarted: bool,
+    pub envoy_uptime_s: u64,
+    pub connection_errors: u64,
+    pub failed: u64,
+    pub downstream_cx_destroy_local_active_rq: u64,
+    pub before: WindowSummary,
+    pub after: WindowSummary,
+}
+
+/// The changed bucket's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bucket {
+    pub tokens_per_second: f64,
+    pub burst: f64,
+}
+
+/// Envoy's ECDS counters for the filter around the change.
+#[derive(Debug, Clone, Serialize)]
+pub struct EcdsCounters {
+    pub update_success_before: u64,
+    pub update_success_after: u64,
+    pub update_rejected: u64,
+    pub update_failure: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveEnvoySummary {
+    #[serde(flatten)]
+    pub envoy: EnvoySummary,
+    /// The first plugin configuration.
+    pub plugin_config: &'static str,
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `json` with the `storefront` limit's `tokens_per_second` and `burst` set to `rate` (burst
@@ -191,129 +278,6 @@ pub fn changed_config(json: &str, rate: f64) -> Result<(String, f64, f64, f64), 
     limit["burst"] = json!(burst as u64);
     let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())? + "\n";
     Ok((text, old_rate, old_burst, burst))
-}
-
-/// The shipped ECDS bootstrap pointed at this machine: free ports, the storefront, `live_dir`.
-pub fn bootstrap(shipped: &str, live_dir: &Path, upstream_port: u16) -> Result<String, String> {
-    let mut yaml = shipped.to_string();
-    for (from, to) in [
-        ("port_value: 10000", "port_value: 0".to_string()),
-        ("port_value: 9901", "port_value: 0".to_string()),
-        ("port_value: 8080", format!("port_value: {upstream_port}")),
-        ("envoy/ecds/live", live_dir.display().to_string()),
-    ] {
-        if !yaml.contains(from) {
-            return Err(format!("{BOOTSTRAP}: expected `{from}`"));
-        }
-        yaml = yaml.replace(from, &to);
-    }
-    Ok(yaml)
-}
-
-/// A temporary copy of the ECDS set-up: `template.yaml` (module under test), `live/`.
-struct EcdsDir {
-    dir: tempfile::TempDir,
-}
-
-impl EcdsDir {
-    fn create() -> Result<EcdsDir, String> {
-        let dir = tempfile::Builder::new().prefix("surgeguard-live-").tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let template = read(&repo_root().join(TEMPLATE))?;
-        let from = "filename: dist/surgeguard.wasm";
-        if !template.contains(from) {
-            return Err(format!("{TEMPLATE}: expected `{from}`"));
-        }
-        let to = format!("filename: {}", json_string(&wasm_path().display().to_string()));
-        write(&dir.path().join("template.yaml"), &template.replace(from, &to))?;
-        std::fs::create_dir(dir.path().join("live")).map_err(|e| format!("live dir: {e}"))?;
-        Ok(EcdsDir { dir })
-    }
-
-    fn live_dir(&self) -> PathBuf {
-        self.dir.path().join("live")
-    }
-
-    /// `scripts/surgeguard-apply` on `config` into this directory (not started: the caller
-    /// waits for it); `admin_port` makes it wait for Envoy's verdict.
-    fn apply(&self, config: &Path, admin_port: Option<u16>, checker: Option<&Path>) -> Result<Child, String> {
-        let mut cmd = Command::new(repo_root().join(HELPER));
-        cmd.arg("--template")
-            .arg(self.dir.path().join("template.yaml"))
-            .arg("--resource")
-            .arg(self.live_dir().join("surgeguard.yaml"));
-        if let Some(port) = admin_port {
-            cmd.args(["--admin", &format!("127.0.0.1:{port}")]);
-        }
-        if let Some(c) = checker {
-            cmd.env("SURGEGUARD_CHECK", c);
-        }
-        let log = self.dir.path().join(format!("apply-{}.log", admin_port.is_some()));
-        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        cmd.arg(config)
-            .current_dir(repo_root())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("{HELPER}: {e}"))
-    }
-
-    fn apply_log(&self, with_admin: bool) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("apply-{with_admin}.log"))).unwrap_or_default()
-    }
-}
-
-/// The validator binary `./build.sh check` builds, once it is built (the first apply builds it):
-/// the mid-run apply then validates with it directly (the helper's `SURGEGUARD_CHECK`) instead of
-/// asking cargo again while the load runs. `None`: the helper's default (or the user's own
-/// `SURGEGUARD_CHECK`).
-fn prebuilt_checker() -> Option<PathBuf> {
-    if std::env::var_os("SURGEGUARD_CHECK").is_some() {
-        return None;
-    }
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-        candidates.push(dir.join("surgeguard-check"));
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(t).join("release/surgeguard-check"));
-    }
-    candidates.push(repo_root().join("target/release/surgeguard-check"));
-    candidates.into_iter().find(|c| c.is_file())
-}
-
-/// Envoy's ECDS counters for the filter: (update_success, update_rejected, update_failure).
-fn ecds_counters(envoy: &Envoy) -> (u64, u64, u64) {
-    let body = envoy.admin_get("/stats?filter=extension_config_discovery").map(|(_, b)| b).unwrap_or_default();
-    let get = |name: &str| {
-        body.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(": ")?;
-                (k == format!("{ECDS_PREFIX}{name}")).then(|| v.trim().parse().ok()).flatten()
-            })
-            .unwrap_or(0)
-    };
-    (get("update_success"), get("update_rejected"), get("update_failure"))
-}
-
-fn accepted_lines(log: &str) -> Vec<String> {
-    log.lines().filter_map(|l| l.find(ACCEPTED_LOG).map(|i| l[i..].trim().to_string())).collect()
-}
-
-/// Stops the helper if it is still running (on interruption), then reaps it.
-struct HelperGuard(Option<Child>, Option<ChildGuard>);
-
-impl Drop for HelperGuard {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-        self.1.take();
-    }
 }
 
 fn say(line: &str) {
@@ -419,22 +383,81 @@ fn change_live(
 
 /// Runs the live demo and writes its outputs into `o.out_dir`.
 pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<LiveDemo, String> {
+    let prepared = prepare(o)?;
+    render_initial(&prepared, o.progress, cancel)?;
+    let stack = start(o, &prepared.ecds, cancel)?;
+    let surge = surge_and_change(o, &stack, &prepared, cancel)?;
+    let scraped = scrape(&stack.envoy);
+    let run = Run {
+        key: "with_filter",
+        outcomes: surge.outcomes,
+        pool: stack.storefront.db.stats(),
+        db_in_use: surge.db_in_use,
+        filter_counters: scraped.filter_counters.clone(),
+    };
+    let envoy_pid = stack.envoy.pid();
+    let judged = judge(&prepared.plan, &run, &surge.change, &scraped, envoy_pid);
+    let summary = summarise(o, &prepared, &run, &surge.change, &judged, &scraped, envoy_pid);
+    let mut demo = LiveDemo {
+        plan: prepared.plan,
+        pool_size: o.pool_size,
+        envoy_pid,
+        run,
+        change: surge.change,
+        before: judged.before,
+        after: judged.after,
+        connection_errors: judged.connection_errors,
+        claims: judged.claims,
+        summary,
+        table: judged.table,
+        written: Vec::new(),
+    };
+    demo.written = write(o, &demo)?;
+    Ok(demo)
+}
+
+/// What a run needs before anything starts: the schedule, the two configurations (written into
+/// a temporary copy of the ECDS set-up), the change to make.
+struct Prepared {
+    plan: Plan,
+    arrivals: Vec<Arrival>,
+    ecds: EcdsDir,
+    /// `envoy/storefront.json` as shipped.
+    initial: PathBuf,
+    /// The same with the changed bucket.
+    update: PathBuf,
+    /// The change, before it is made.
+    change: Change,
+}
+
+fn prepare(o: &Options) -> Result<Prepared, String> {
     let plan = demo::plan(o);
     let arrivals = plan.arrivals();
-    let root = repo_root();
-    let initial_json = read(&root.join(INITIAL_CONFIG))?;
+    let initial_json = read(&repo_root().join(INITIAL_CONFIG))?;
     let (update_json, from_rate, from_burst, to_burst) = changed_config(&initial_json, o.live_rate_per_s)?;
     let ecds = EcdsDir::create()?;
-    let initial = ecds.dir.path().join("storefront.json");
-    let update = ecds.dir.path().join("storefront-live.json");
-    write(&initial, &initial_json)?;
-    write(&update, &update_json)?;
+    let written = write_outputs(
+        ecds.dir.path(),
+        &[("storefront.json", initial_json.as_bytes()), ("storefront-live.json", update_json.as_bytes())],
+    )?;
+    let [initial, update] = <[PathBuf; 2]>::try_from(written).map_err(|_| "live: the configurations went missing")?;
+    let change = Change {
+        from_rate,
+        from_burst,
+        to_rate: o.live_rate_per_s,
+        to_burst,
+        due_s: (plan.surge_start_s() + plan.surge_end_s()) / 2.0,
+        ..Change::default()
+    };
+    Ok(Prepared { plan, arrivals, ecds, initial, update, change })
+}
 
-    // Envoy reads the resource at start-up: render it first (this also builds the validator).
-    if o.progress {
+/// Envoy reads the resource at start-up: render it first (this also builds the validator).
+fn render_initial(p: &Prepared, progress: bool, cancel: &AtomicBool) -> Result<(), String> {
+    if progress {
         eprintln!("[live] {HELPER} {INITIAL_CONFIG} into a temporary copy of envoy/ecds/live/");
     }
-    let child = ecds.apply(&initial, None, None)?;
+    let child = p.ecds.apply(&p.initial, None, None)?;
     let registered = ChildGuard::register(child.id());
     let mut helper = HelperGuard(Some(child), Some(registered));
     let status = loop {
@@ -449,11 +472,24 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<LiveDemo, String> {
     };
     drop(helper);
     if !status.success() {
-        return Err(format!("{HELPER} {INITIAL_CONFIG} failed:\n{}", ecds.apply_log(false)));
+        return Err(format!("{HELPER} {INITIAL_CONFIG} failed:\n{}", p.ecds.apply_log(false)));
     }
+    Ok(())
+}
 
+/// The storefront, and Envoy in front of it with surgeguard from ECDS, warmed up (both stop on
+/// drop).
+struct LiveStack {
+    storefront: Storefront,
+    envoy: Envoy,
+    /// Envoy's listener.
+    port: u16,
+    _registered: ChildGuard,
+}
+
+fn start(o: &Options, ecds: &EcdsDir, cancel: &AtomicBool) -> Result<LiveStack, String> {
     let storefront = Storefront::start(&demo::storefront_config(o))?;
-    let yaml = bootstrap(&read(&root.join(BOOTSTRAP))?, &ecds.live_dir(), storefront.port)?;
+    let yaml = bootstrap(&read(&repo_root().join(BOOTSTRAP))?, &ecds.live_dir(), storefront.port)?;
     let envoy_opts = EnvoyOptions {
         concurrency: ENVOY_WORKERS,
         log_level: "warning".into(),
@@ -461,12 +497,8 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<LiveDemo, String> {
         extra_args: vec!["--component-log-level".into(), "wasm:info".into()],
         ..EnvoyOptions::default()
     };
-    let envoy = Envoy::start(&yaml, &envoy_opts).map_err(|e| {
-        let tail: Vec<&str> = e.log.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!("live ({BOOTSTRAP}): {}\n{}", e.message, tail.join("\n"))
-    })?;
-    let _registered = ChildGuard::register(envoy.pid());
+    let envoy = Envoy::start(&yaml, &envoy_opts).map_err(|e| demo::envoy_failed(&format!("live ({BOOTSTRAP})"), &e))?;
+    let registered = ChildGuard::register(envoy.pid());
     let port = envoy.listener_port();
     if port == 0 {
         return Err("live: Envoy reported no listener port".into());
@@ -482,154 +514,176 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<LiveDemo, String> {
     if cancel.load(Ordering::SeqCst) {
         return Err(INTERRUPTED.into());
     }
-    let warm = requests(port, &vec![Req::get("/healthz"); 8]);
-    if let Some(bad) = warm.iter().find(|r| r.as_ref().map(|r| r.status) != Ok(200)) {
-        return Err(format!("live: warm-up through Envoy failed: {bad:?}"));
-    }
+    demo::warm_up(port).map_err(|e| format!("live: {e}"))?;
+    Ok(LiveStack { storefront, envoy, port, _registered: registered })
+}
 
-    let change = Change {
-        from_rate,
-        from_burst,
-        to_rate: o.live_rate_per_s,
-        to_burst,
-        due_s: (plan.surge_start_s() + plan.surge_end_s()) / 2.0,
-        ..Change::default()
-    };
+/// The surge, with the change applied halfway through it.
+struct Surge {
+    outcomes: Vec<Outcome>,
+    db_in_use: Vec<u32>,
+    change: Change,
+}
+
+fn surge_and_change(o: &Options, stack: &LiveStack, p: &Prepared, cancel: &Arc<AtomicBool>) -> Result<Surge, String> {
     let live = Arc::new(Live::default());
     let monitor = Monitor::start(
-        Arc::clone(storefront.db.pool()),
+        Arc::clone(stack.storefront.db.pool()),
         Arc::clone(&live),
         "live: surgeguard over ECDS",
-        plan.clone(),
+        p.plan.clone(),
         o.progress,
     );
+    let change = p.change.clone();
     let (outcomes, change) = std::thread::scope(|s| {
-        let updater = s.spawn(|| change_live(&ecds, &envoy, &update, &live, cancel, change));
-        let outcomes = load::run(port, &arrivals, CLIENT_TIMEOUT, &live, cancel);
+        let updater = s.spawn(|| change_live(&p.ecds, &stack.envoy, &p.update, &live, cancel, change));
+        let outcomes = load::run(stack.port, &p.arrivals, CLIENT_TIMEOUT, &live, cancel);
         let change = updater.join().unwrap_or_else(|_| Err("live: the updater panicked".into()));
         (outcomes, change)
     });
     let db_in_use = monitor.finish();
-    let outcomes = outcomes.map_err(|e| match e {
-        load::LoadError::Interrupted => INTERRUPTED.to_string(),
-        load::LoadError::Setup(m) => m,
-    })?;
-    let change = change?;
+    let outcomes = outcomes.map_err(demo::load_failed)?;
+    Ok(Surge { outcomes, db_in_use, change: change? })
+}
+
+/// What Envoy says after the load, once the filter has flushed its counters.
+struct Scraped {
+    /// The same Envoy process still runs (not restarted, not a zombie).
+    envoy_alive: bool,
+    uptime_s: u64,
+    /// Connections Envoy closed with a request active.
+    cx_dropped: u64,
+    filter_counters: BTreeMap<String, u64>,
+}
+
+fn scrape(envoy: &Envoy) -> Scraped {
     std::thread::sleep(FILTER_FLUSH_WAIT);
     let stats = envoy.stats();
     let envoy_alive = std::fs::read_to_string(format!("/proc/{}/stat", envoy.pid()))
         .map(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
         .unwrap_or(false);
-    let uptime_s = stats.get("server.uptime").copied().unwrap_or(0);
-    let cx_dropped = stats.get("http.storefront.downstream_cx_destroy_local_active_rq").copied().unwrap_or(0);
-    let filter_counters = stats
-        .iter()
-        .filter(|(k, _)| k.contains("surgeguard.") && !k.starts_with("extension_config_discovery"))
-        .map(|(k, v)| (k.trim_start_matches("wasmcustom.").to_string(), *v))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into_iter()
-        .collect();
-    let run = Run { key: "with_filter", outcomes, pool: storefront.db.stats(), db_in_use, filter_counters };
+    Scraped {
+        envoy_alive,
+        uptime_s: stats.get("server.uptime").copied().unwrap_or(0),
+        cx_dropped: stats.get("http.storefront.downstream_cx_destroy_local_active_rq").copied().unwrap_or(0),
+        filter_counters: crate::summary::filter_counters(&stats),
+    }
+}
 
+/// The windows before and after the change, and the claims checked against them.
+struct Judged {
+    before: Window,
+    after: Window,
+    connection_errors: u64,
+    claims: Vec<Claim>,
+    table: String,
+}
+
+fn judge(plan: &Plan, run: &Run, change: &Change, scraped: &Scraped, envoy_pid: u32) -> Judged {
     let before = Window::of(&run.outcomes, plan.surge_start_s() + RAMP_S, change.started_s);
     let after_from = change.applied_s.unwrap_or(change.helper_done_s) + SETTLE_S;
     let after = Window::of(&run.outcomes, after_from, plan.surge_end_s().max(after_from));
     let connection_errors = run.outcomes.iter().filter(|o| o.status.is_none()).count() as u64;
-    let claims = claims(&run, &change, &before, &after, connection_errors, cx_dropped, envoy_alive, envoy.pid());
-    let table = table(&change, &before, &after);
+    let claims =
+        claims(run, change, &before, &after, connection_errors, scraped.cx_dropped, scraped.envoy_alive, envoy_pid);
+    let table = table(change, &before, &after);
+    Judged { before, after, connection_errors, claims, table }
+}
 
-    let model = o.database_url.is_none().then(Contention::default);
-    let version = demo::envoy_version();
-    let settings = format!(
-        "One run with surgeguard configured over ECDS: {:.0} s of traffic ({}; {} requests). The first configuration is {INITIAL_CONFIG}; at {:.1} s, halfway through the surge, {HELPER} changed {}. Database tier: {}, a pool of {} connections. Envoy {version}, {ENVOY_WORKERS} workers, {BOOTSTRAP} (a temporary copy).",
-        plan.duration_s,
-        plan.phases(),
-        arrivals.len(),
-        change.due_s,
-        change.what(),
-        if model.is_some() { "embedded model" } else { "PostgreSQL" },
-        o.pool_size,
-    );
+fn summarise(
+    o: &Options,
+    p: &Prepared,
+    run: &Run,
+    change: &Change,
+    judged: &Judged,
+    scraped: &Scraped,
+    envoy_pid: u32,
+) -> LiveSummary {
     let r2 = |x: f64| (x * 100.0).round() / 100.0;
-    let mut load = plan.to_json(arrivals.len());
-    load["client_timeout_ms"] = json!(CLIENT_TIMEOUT.as_millis() as u64);
-    let summary = json!({
-        "mode": "live",
-        "db_pool_size": o.pool_size,
-        "runs": { "with_filter": run.to_json(&plan) },
-        "live": {
-            "what": change.what(),
-            "limit": LIMIT,
-            "from": { "tokens_per_second": change.from_rate, "burst": change.from_burst },
-            "to": { "tokens_per_second": change.to_rate, "burst": change.to_burst },
-            "how": format!("{HELPER} (validate, render, rename into the directory Envoy watches; ECDS)"),
-            "due_s": r2(change.due_s),
-            "started_s": r2(change.started_s),
-            "applied_s": change.applied_s.map(r2),
-            "helper_done_s": r2(change.helper_done_s),
-            "accepted": change.accepted(),
-            "ecds": {
-                "update_success_before": change.update_success_before,
-                "update_success_after": change.update_success_after,
-                "update_rejected": change.update_rejected,
-                "update_failure": change.update_failure,
-            },
-            "filter_log": change.filter_log,
-            "helper_output": change.helper_output,
-            "envoy_pid": envoy.pid(),
-            "envoy_restarted": !envoy_alive,
-            "envoy_uptime_s": uptime_s,
-            "connection_errors": connection_errors,
-            "failed": run.all().failed,
-            "downstream_cx_destroy_local_active_rq": cx_dropped,
-            "before": before.to_json(),
-            "after": after.to_json(),
+    let live = ChangeSummary {
+        what: change.what(),
+        limit: LIMIT,
+        from: Bucket { tokens_per_second: change.from_rate, burst: change.from_burst },
+        to: Bucket { tokens_per_second: change.to_rate, burst: change.to_burst },
+        how: format!("{HELPER} (validate, render, rename into the directory Envoy watches; ECDS)"),
+        due_s: r2(change.due_s),
+        started_s: r2(change.started_s),
+        applied_s: change.applied_s.map(r2),
+        helper_done_s: r2(change.helper_done_s),
+        accepted: change.accepted(),
+        ecds: EcdsCounters {
+            update_success_before: change.update_success_before,
+            update_success_after: change.update_success_after,
+            update_rejected: change.update_rejected,
+            update_failure: change.update_failure,
         },
-        "load": load,
-        "database": {
-            "backend": if model.is_some() { "model" } else { "postgresql" },
-            "pool_wait_ms": o.pool_wait_ms,
-        },
-        "envoy": { "version": version, "workers": ENVOY_WORKERS, "config": BOOTSTRAP, "plugin_config": INITIAL_CONFIG },
-        "claims": crate::summary::claims_json(&claims),
-        "all_claims_hold": claims.iter().all(|c| c.holds),
-    });
-    let figure = crate::live_report::LiveFigure {
-        plan: &plan,
-        pool_size: o.pool_size,
-        run: &run,
-        change: &change,
-        before: &before,
-        after: &after,
+        filter_log: change.filter_log.clone(),
+        helper_output: change.helper_output.clone(),
+        envoy_pid,
+        envoy_restarted: !scraped.envoy_alive,
+        envoy_uptime_s: scraped.uptime_s,
+        connection_errors: judged.connection_errors,
+        failed: run.all().failed,
+        downstream_cx_destroy_local_active_rq: scraped.cx_dropped,
+        before: judged.before.summary(),
+        after: judged.after.summary(),
     };
-    std::fs::create_dir_all(&o.out_dir).map_err(|e| format!("{}: {e}", o.out_dir.display()))?;
-    let files = [
-        ("summary.json", format!("{}\n", serde_json::to_string_pretty(&summary).unwrap_or_default())),
-        ("report.html", crate::live_report::html(&figure, &claims, &settings, &table)),
-        ("report.svg", crate::live_report::svg(&figure)),
-    ];
-    let mut written = Vec::new();
-    for (name, text) in files {
-        let path = o.out_dir.join(name);
-        std::fs::File::create(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        written.push(path);
+    LiveSummary {
+        mode: "live",
+        db_pool_size: o.pool_size,
+        runs: BTreeMap::from([(run.key, run.summary(&p.plan))]),
+        live,
+        load: LoadSummary {
+            plan: p.plan.summary(p.arrivals.len()),
+            mix: None,
+            client_timeout_ms: CLIENT_TIMEOUT.as_millis() as u64,
+        },
+        database: DatabaseSummary {
+            backend: if o.database_url.is_none() { "model" } else { "postgresql" },
+            pool_wait_ms: o.pool_wait_ms,
+        },
+        envoy: LiveEnvoySummary {
+            envoy: EnvoySummary { version: demo::envoy_version(), workers: ENVOY_WORKERS, config: BOOTSTRAP.into() },
+            plugin_config: INITIAL_CONFIG,
+        },
+        claims: judged.claims.clone(),
+        all_claims_hold: judged.claims.iter().all(|c| c.holds),
     }
-    Ok(LiveDemo {
-        plan,
-        pool_size: o.pool_size,
-        envoy_pid: envoy.pid(),
-        run,
-        change,
-        before,
-        after,
-        connection_errors,
-        claims,
-        summary,
-        table,
-        written,
-    })
+}
+
+/// The report's line on how the run was made.
+fn settings(d: &LiveDemo) -> String {
+    let s = &d.summary;
+    format!(
+        "One run with surgeguard configured over ECDS: {:.0} s of traffic ({}; {} requests). The first configuration is {INITIAL_CONFIG}; at {:.1} s, halfway through the surge, {HELPER} changed {}. Database tier: {}, a pool of {} connections. Envoy {}, {ENVOY_WORKERS} workers, {BOOTSTRAP} (a temporary copy).",
+        d.plan.duration_s,
+        d.plan.phases(),
+        s.load.plan.offered,
+        d.change.due_s,
+        d.change.what(),
+        if s.database.backend == "model" { "embedded model" } else { "PostgreSQL" },
+        d.pool_size,
+        s.envoy.envoy.version,
+    )
+}
+
+/// `summary.json`, `report.html` and `report.svg` into `o.out_dir`.
+fn write(o: &Options, d: &LiveDemo) -> Result<Vec<PathBuf>, String> {
+    let figure = crate::live_report::LiveFigure {
+        plan: &d.plan,
+        pool_size: d.pool_size,
+        run: &d.run,
+        change: &d.change,
+        before: &d.before,
+        after: &d.after,
+    };
+    let summary = write_json(&d.summary)?;
+    let html = crate::live_report::html(&figure, &d.claims, &settings(d), &d.table);
+    let svg = crate::live_report::svg(&figure);
+    write_outputs(
+        &o.out_dir,
+        &[("summary.json", &summary), ("report.html", html.as_bytes()), ("report.svg", svg.as_bytes())],
+    )
 }
 
 /// A lowered limit must bring the admitted rate down to it (and at least this far below the
@@ -776,12 +830,12 @@ mod tests {
     #[test]
     fn windows_count_by_scheduled_time() {
         let o = |at_s: f64, status: u16| Outcome {
-            kind: Kind::Browse,
-            phase: crate::schedule::Phase::Surge,
-            at_us: (at_s * 1e6) as u64,
+            label: crate::outcome::Label { kind: Kind::Browse, phase: crate::schedule::Phase::Surge },
+            at: Duration::from_micros((at_s * 1e6) as u64),
+            sent_at: Duration::from_micros((at_s * 1e6) as u64),
             status: Some(status),
             surgeguard: (status == 429).then(|| "limit=storefront; class=standard".into()),
-            latency_us: 1000,
+            latency: Duration::from_millis(1),
         };
         let outcomes = [o(0.5, 200), o(1.0, 200), o(1.5, 429), o(2.9, 200), o(3.0, 200)];
         let w = Window::of(&outcomes, 1.0, 3.0);

@@ -1,20 +1,14 @@
-//! Open-loop load: every request of the schedule is sent at its time on its own task, whatever
-//! the server does, so a slow server cannot slow the offered load down (no coordinated
-//! omission: latency counts from the scheduled time).
-//!
-//! Invariants: one outcome per arrival sent; requests go only to 127.0.0.1; a cancelled run
-//! aborts every request still in flight before returning.
+//! The demo's load: its schedule of arrivals sent open-loop by the harness's client
+//! ([`surgeguard_harness::client::run_schedule`]), watched by the progress line's counters.
 
-use crate::outcome::{classify, Outcome, Verdict};
+use crate::outcome::{Label, Outcome, Verdict};
 use crate::schedule::Arrival;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use surgeguard_harness::client::Req;
+use surgeguard_harness::client::{run_schedule, Observer, Target};
+
+pub use surgeguard_harness::client::LoadError;
 
 /// Counters the progress line reads while a run goes on.
 #[derive(Debug, Default)]
@@ -33,38 +27,18 @@ impl Live {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoadError {
-    /// The cancel flag was raised (Ctrl-C): requests still in flight were aborted.
-    Interrupted,
-    /// The load's runtime could not start.
-    Setup(String),
-}
-
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
-
-fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(connector)
-}
-
-/// Sends one request; `(status, x-surgeguard)` or `None` on error or timeout.
-async fn send(c: &HttpClient, port: u16, req: &Req, timeout: Duration) -> Option<(u16, Option<String>)> {
-    let mut b =
-        hyper::Request::builder().method(req.method.as_str()).uri(format!("http://127.0.0.1:{port}{}", req.path));
-    for (k, v) in &req.headers {
-        b = b.header(k.as_str(), v.as_str());
+impl Observer for Live {
+    fn started(&self, start: Instant) {
+        let _ = self.started.set(start);
     }
-    let request = b.body(Empty::<Bytes>::new()).ok()?;
-    let exchange = async {
-        let resp = c.request(request).await.ok()?;
-        let status = resp.status().as_u16();
-        let surgeguard = resp.headers().get("x-surgeguard").map(|v| String::from_utf8_lossy(v.as_bytes()).to_string());
-        resp.into_body().collect().await.ok()?;
-        Some((status, surgeguard))
-    };
-    tokio::time::timeout(timeout, exchange).await.ok().flatten()
+
+    fn sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn answered(&self, verdict: Verdict) {
+        self.verdicts[verdict.index()].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs the schedule against 127.0.0.1:`port` and returns every outcome, in schedule order.
@@ -75,62 +49,17 @@ pub fn run(
     live: &Arc<Live>,
     cancel: &Arc<AtomicBool>,
 ) -> Result<Vec<Outcome>, LoadError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("load")
-        .enable_all()
-        .build()
-        .map_err(|e| LoadError::Setup(format!("load runtime: {e}")))?;
-    runtime.block_on(async {
-        let c = client();
-        let start = Instant::now();
-        let _ = live.started.set(start);
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, a) in arrivals.iter().enumerate() {
-            let due = start + Duration::from_micros(a.at_us);
-            tokio::time::sleep_until(due.into()).await;
-            if cancel.load(Ordering::SeqCst) {
-                tasks.abort_all();
-                return Err(LoadError::Interrupted);
-            }
-            let (c, live) = (c.clone(), Arc::clone(live));
-            let (req, kind, phase, at_us) = (a.req.clone(), a.kind, a.phase, a.at_us);
-            live.sent.fetch_add(1, Ordering::Relaxed);
-            tasks.spawn(async move {
-                let r = send(&c, port, &req, timeout).await;
-                let (status, surgeguard) = r.map_or((None, None), |(s, h)| (Some(s), h));
-                live.verdicts[classify(status, surgeguard.is_some()).index()].fetch_add(1, Ordering::Relaxed);
-                (i, Outcome { kind, phase, at_us, status, surgeguard, latency_us: due.elapsed().as_micros() as u64 })
-            });
-        }
-        let mut out: Vec<Option<Outcome>> = vec![None; arrivals.len()];
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        loop {
-            tokio::select! {
-                next = tasks.join_next() => match next {
-                    Some(Ok((i, o))) => {
-                        if let Some(slot) = out.get_mut(i) {
-                            *slot = Some(o);
-                        }
-                    }
-                    Some(Err(_)) => {}
-                    None => break,
-                },
-                _ = tick.tick() => {
-                    if cancel.load(Ordering::SeqCst) {
-                        tasks.abort_all();
-                        return Err(LoadError::Interrupted);
-                    }
-                }
-            }
-        }
-        Ok(out.into_iter().flatten().collect())
-    })
+    let target = Target { port, local_address: None, timeout };
+    let schedule = arrivals
+        .iter()
+        .map(|a| (Duration::from_micros(a.at_us), a.req.clone(), Label { kind: a.kind, phase: a.phase }));
+    run_schedule(&target, schedule, live, Some(cancel))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::at_us;
     use crate::schedule::Plan;
     use crate::storefront::{Storefront, StorefrontConfig};
     use crate::traffic::Mix;
@@ -146,7 +75,7 @@ mod tests {
         let out = run(s.port, &arrivals, Duration::from_secs(5), &live, &cancel).unwrap();
         assert!(t0.elapsed() >= Duration::from_micros(arrivals.last().unwrap().at_us));
         assert_eq!(out.len(), arrivals.len());
-        assert!(out.iter().zip(&arrivals).all(|(o, a)| o.at_us == a.at_us && o.kind == a.kind));
+        assert!(out.iter().zip(&arrivals).all(|(o, a)| at_us(o) == a.at_us && o.label.kind == a.kind));
         // Straight to the storefront (no filter): everything is served.
         assert!(out.iter().all(|o| o.verdict() == Verdict::Served), "{out:?}");
         assert_eq!(live.count(Verdict::Served), arrivals.len() as u64);

@@ -28,8 +28,9 @@ pub struct Pool {
 }
 
 /// What the storefront reports about its pool (`GET /_db`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PoolStats {
+    #[serde(rename = "pool_size")]
     pub size: u32,
     pub in_use: u32,
     pub peak_in_use: u32,
@@ -37,20 +38,6 @@ pub struct PoolStats {
     pub peak_waiting: u32,
     pub leases: u64,
     pub wait_timeouts: u64,
-}
-
-impl PoolStats {
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "pool_size": self.size,
-            "in_use": self.in_use,
-            "peak_in_use": self.peak_in_use,
-            "waiting": self.waiting,
-            "peak_waiting": self.peak_waiting,
-            "leases": self.leases,
-            "wait_timeouts": self.wait_timeouts,
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

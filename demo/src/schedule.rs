@@ -10,7 +10,7 @@
 
 use crate::rng::Rng;
 use crate::traffic::{request, Kind, Mix};
-use serde_json::{json, Value};
+use serde::Serialize;
 use surgeguard_harness::client::Req;
 
 /// The calm phase's share of the duration; the surge takes [`SURGE_SHARE`], recovery the rest.
@@ -48,6 +48,26 @@ pub struct Plan {
     pub seed: u64,
 }
 
+/// The plan in the summaries.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanSummary {
+    pub duration_s: f64,
+    pub surge: f64,
+    pub calm_rate_per_s: f64,
+    pub seed: u64,
+    /// Requests the schedule offered.
+    pub offered: usize,
+    pub phases_s: PhasesSummary,
+}
+
+/// Each phase's `[start, end)` in seconds from the start of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhasesSummary {
+    pub calm: [f64; 2],
+    pub surge: [f64; 2],
+    pub recovery: [f64; 2],
+}
+
 /// One request of the schedule.
 #[derive(Debug, Clone)]
 pub struct Arrival {
@@ -68,19 +88,19 @@ impl Plan {
     }
 
     /// The plan as the summaries record it, with the number of requests it offered.
-    pub fn to_json(&self, offered: usize) -> Value {
-        json!({
-            "duration_s": self.duration_s,
-            "surge": self.surge,
-            "calm_rate_per_s": self.calm_rate_per_s,
-            "seed": self.seed,
-            "offered": offered,
-            "phases_s": {
-                "calm": [0.0, self.surge_start_s()],
-                "surge": [self.surge_start_s(), self.surge_end_s()],
-                "recovery": [self.surge_end_s(), self.duration_s],
+    pub fn summary(&self, offered: usize) -> PlanSummary {
+        PlanSummary {
+            duration_s: self.duration_s,
+            surge: self.surge,
+            calm_rate_per_s: self.calm_rate_per_s,
+            seed: self.seed,
+            offered,
+            phases_s: PhasesSummary {
+                calm: [0.0, self.surge_start_s()],
+                surge: [self.surge_start_s(), self.surge_end_s()],
+                recovery: [self.surge_end_s(), self.duration_s],
             },
-        })
+        }
     }
 
     /// The phases in words: "20 s calm at 10 requests/s, a 10 s surge to 6x, 10 s recovery".
@@ -149,6 +169,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn plan() -> Plan {
         Plan { duration_s: 24.0, surge: 5.0, calm_rate_per_s: 100.0, mix: Mix::default(), seed: 42 }
@@ -166,7 +187,7 @@ mod tests {
 
     #[test]
     fn the_recorded_plan_gives_the_phase_boundaries_in_seconds() {
-        let v = plan().to_json(1234);
+        let v = serde_json::to_value(plan().summary(1234)).unwrap();
         assert_eq!(v["offered"], 1234);
         assert_eq!(v["phases_s"]["calm"], json!([0.0, 6.0]));
         assert_eq!(v["phases_s"]["surge"], json!([6.0, 18.0]));

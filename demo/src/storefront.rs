@@ -8,7 +8,7 @@
 
 use crate::db::{Backend, Contention, Database, DbError, Query};
 use crate::pg::Postgres;
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolStats};
 use crate::rng::mix;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -130,6 +130,15 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
     r
 }
 
+/// The reply of `GET /_db`.
+#[derive(serde::Serialize)]
+struct DbStats {
+    #[serde(flatten)]
+    pool: PoolStats,
+    /// `model` or `postgresql`.
+    backend: &'static str,
+}
+
 async fn handle(db: &Database, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let cookie = req.headers().get(hyper::header::COOKIE).and_then(|v| v.to_str().ok());
     let r = route(req.method().as_str(), req.uri().path(), req.uri().query(), cookie);
@@ -137,8 +146,9 @@ async fn handle(db: &Database, req: Request<hyper::body::Incoming>) -> Response<
     match r {
         Route::Health => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         Route::DbStats => {
-            let mut v = db.stats().to_json();
-            v["backend"] = db.backend_name().into();
+            let stats = DbStats { pool: db.stats(), backend: db.backend_name() };
+            // Through a Value: keys sorted, as this reply has always had them.
+            let v = serde_json::to_value(stats).unwrap_or_default();
             reply(StatusCode::OK, "application/json", format!("{v}\n"))
         }
         Route::NotFound => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

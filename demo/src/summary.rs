@@ -1,24 +1,29 @@
 //! The arithmetic of the results: per traffic kind (and per phase) offered, served, refused,
 //! failed and latency percentiles; the timeline the plots draw; the claims the demo checks; and
-//! `summary.json` (the contract's schema, plus added fields).
+//! a run's part of `summary.json` ([`RunSummary`]: the contract's schema, plus added fields).
 //!
 //! Invariants: `offered = served + refused + failed` for every kind and phase; percentiles are
 //! nearest-rank over every request of the kind, whatever its outcome (a failure's latency is
 //! the time the user waited for it); an empty set has percentiles 0.
 
-use crate::outcome::{Outcome, Verdict};
+use crate::outcome::{at_us, latency_us, Label, Outcome, Verdict};
 use crate::pool::PoolStats;
-use crate::schedule::{Phase, Plan};
+use crate::schedule::{Phase, Plan, PlanSummary};
 use crate::traffic::Kind;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Counts and latency percentiles of a set of requests; serialized as the contract's per-kind
+/// object (percentiles to 0.1 ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Stats {
     pub offered: u64,
     pub served: u64,
     pub refused: u64,
     pub failed: u64,
+    #[serde(serialize_with = "round1")]
     pub p50_ms: f64,
+    #[serde(serialize_with = "round1")]
     pub p99_ms: f64,
 }
 
@@ -33,7 +38,7 @@ impl Stats {
                 Verdict::Refused => s.refused += 1,
                 Verdict::Failed => s.failed += 1,
             }
-            latencies_us.push(o.latency_us);
+            latencies_us.push(latency_us(o));
         }
         latencies_us.sort_unstable();
         s.p50_ms = percentile_ms(&latencies_us, 0.50);
@@ -57,21 +62,10 @@ impl Stats {
             part as f64 / self.offered as f64
         }
     }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "offered": self.offered,
-            "served": self.served,
-            "refused": self.refused,
-            "failed": self.failed,
-            "p50_ms": round1(self.p50_ms),
-            "p99_ms": round1(self.p99_ms),
-        })
-    }
 }
 
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
+fn round1<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((x * 10.0).round() / 10.0)
 }
 
 /// Nearest-rank percentile of sorted microseconds, in milliseconds; 0 for an empty list.
@@ -93,7 +87,40 @@ pub struct Run {
     /// The most connections in use in each [`DB_SAMPLE_MS`] window, from the start of the load.
     pub db_in_use: Vec<u32>,
     /// The filter's own counters (`surgeguard.*` from Envoy's stats), when it ran.
-    pub filter_counters: Vec<(String, u64)>,
+    pub filter_counters: BTreeMap<String, u64>,
+}
+
+/// One run in `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub db_peak_in_use: u32,
+    pub db_peak_waiting: u32,
+    pub db_wait_timeouts: u64,
+    pub db_queries: u64,
+    pub total: Stats,
+    /// By kind name.
+    pub traffic: BTreeMap<&'static str, KindSummary>,
+    pub filter_counters: BTreeMap<String, u64>,
+    pub timeline: Timeline,
+}
+
+/// One traffic kind of a run: over the whole run, and per phase (by phase name).
+#[derive(Debug, Clone, Serialize)]
+pub struct KindSummary {
+    #[serde(flatten)]
+    pub total: Stats,
+    pub phases: BTreeMap<&'static str, Stats>,
+}
+
+/// What the plots draw.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeline {
+    pub bin_s: u64,
+    /// Requests per [`BIN_S`] bin, by kind name, then by verdict name.
+    pub kinds: BTreeMap<&'static str, BTreeMap<&'static str, Vec<u64>>>,
+    pub db_sample_ms: u64,
+    /// The most connections in use in each [`DB_SAMPLE_MS`] window.
+    pub db_in_use: Vec<u32>,
 }
 
 pub const DB_SAMPLE_MS: u64 = 100;
@@ -101,11 +128,11 @@ pub const BIN_S: u64 = 1;
 
 impl Run {
     pub fn kind(&self, kind: Kind) -> Stats {
-        Stats::of(self.outcomes.iter().filter(|o| o.kind == kind))
+        Stats::of(self.outcomes.iter().filter(|o| o.label.kind == kind))
     }
 
     pub fn kind_in_phase(&self, kind: Kind, phase: Phase) -> Stats {
-        Stats::of(self.outcomes.iter().filter(|o| o.kind == kind && o.phase == phase))
+        Stats::of(self.outcomes.iter().filter(|o| o.label == Label { kind, phase }))
     }
 
     pub fn all(&self) -> Stats {
@@ -116,8 +143,8 @@ impl Run {
     pub fn timeline(&self, kind: Kind, v: Verdict, duration_s: f64) -> Vec<u64> {
         let bins = (duration_s / BIN_S as f64).ceil().max(1.0) as usize;
         let mut out = vec![0u64; bins];
-        for o in self.outcomes.iter().filter(|o| o.kind == kind && o.verdict() == v) {
-            let bin = (o.at_us / (BIN_S * 1_000_000)) as usize;
+        for o in self.outcomes.iter().filter(|o| o.label.kind == kind && o.verdict() == v) {
+            let bin = (at_us(o) / (BIN_S * 1_000_000)) as usize;
             if let Some(c) = out.get_mut(bin.min(bins - 1)) {
                 *c += 1;
             }
@@ -125,55 +152,77 @@ impl Run {
         out
     }
 
-    pub fn to_json(&self, plan: &Plan) -> Value {
-        let mut traffic = Map::new();
-        for kind in Kind::ALL {
-            let mut k = self.kind(kind).to_json();
-            let mut phases = Map::new();
-            for phase in Phase::ALL {
-                phases.insert(phase.name().into(), self.kind_in_phase(kind, phase).to_json());
-            }
-            k["phases"] = Value::Object(phases);
-            traffic.insert(kind.name().into(), k);
-        }
-        let mut kinds = Map::new();
-        for kind in Kind::ALL {
-            let mut per = Map::new();
-            for v in Verdict::ALL {
-                per.insert(v.name().into(), json!(self.timeline(kind, v, plan.duration_s)));
-            }
-            kinds.insert(kind.name().into(), Value::Object(per));
-        }
-        let counters: Map<String, Value> = self.filter_counters.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-        json!({
-            "db_peak_in_use": self.pool.peak_in_use,
-            "db_peak_waiting": self.pool.peak_waiting,
-            "db_wait_timeouts": self.pool.wait_timeouts,
-            "db_queries": self.pool.leases,
-            "total": self.all().to_json(),
-            "traffic": traffic,
-            "filter_counters": counters,
-            "timeline": {
-                "bin_s": BIN_S,
-                "kinds": kinds,
-                "db_sample_ms": DB_SAMPLE_MS,
-                "db_in_use": self.db_in_use,
+    pub fn summary(&self, plan: &Plan) -> RunSummary {
+        let kind_summary = |kind: Kind| KindSummary {
+            total: self.kind(kind),
+            phases: Phase::ALL.iter().map(|p| (p.name(), self.kind_in_phase(kind, *p))).collect(),
+        };
+        let timeline =
+            |kind: Kind| Verdict::ALL.iter().map(move |v| (v.name(), self.timeline(kind, *v, plan.duration_s)));
+        RunSummary {
+            db_peak_in_use: self.pool.peak_in_use,
+            db_peak_waiting: self.pool.peak_waiting,
+            db_wait_timeouts: self.pool.wait_timeouts,
+            db_queries: self.pool.leases,
+            total: self.all(),
+            traffic: Kind::ALL.iter().map(|k| (k.name(), kind_summary(*k))).collect(),
+            filter_counters: self.filter_counters.clone(),
+            timeline: Timeline {
+                bin_s: BIN_S,
+                kinds: Kind::ALL.iter().map(|k| (k.name(), timeline(*k).collect())).collect(),
+                db_sample_ms: DB_SAMPLE_MS,
+                db_in_use: self.db_in_use.clone(),
             },
-        })
+        }
     }
 }
 
+/// The load in the summaries: the plan, the mix (the side-by-side demo records it), the client's
+/// timeout.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadSummary {
+    #[serde(flatten)]
+    pub plan: PlanSummary,
+    /// Each kind's share of the traffic, by kind name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mix: Option<BTreeMap<&'static str, f64>>,
+    pub client_timeout_ms: u64,
+}
+
+/// The database tier in the summaries.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseSummary {
+    /// `model` or `postgresql`.
+    pub backend: &'static str,
+    pub pool_wait_ms: u64,
+}
+
+/// The Envoy of a run in the summaries.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvoySummary {
+    pub version: String,
+    pub workers: u32,
+    /// The shipped bootstrap, relative to the repository.
+    pub config: String,
+}
+
+/// The filter's own counters among Envoy's stats (`surgeguard.*`, named as in the contract,
+/// without Envoy's `wasmcustom.` prefix); an ECDS subscription's own stats are Envoy's, not the
+/// filter's.
+pub fn filter_counters(stats: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    stats
+        .iter()
+        .filter(|(k, _)| k.contains("surgeguard.") && !k.starts_with("extension_config_discovery"))
+        .map(|(k, v)| (k.trim_start_matches("wasmcustom.").to_string(), *v))
+        .collect()
+}
+
 /// One thing the demo must show, checked against the measured numbers.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Claim {
     pub claim: String,
     pub holds: bool,
     pub evidence: String,
-}
-
-/// The claims as the summaries record them.
-pub fn claims_json(claims: &[Claim]) -> Value {
-    claims.iter().map(|c| json!({"claim": c.claim, "holds": c.holds, "evidence": c.evidence})).collect()
 }
 
 /// Without the filter, at least this share of checkouts fails for the run to show the outage.
@@ -244,15 +293,16 @@ pub fn claims(pool_size: u32, without: &Run, with: &Run) -> Vec<Claim> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn o(kind: Kind, phase: Phase, status: Option<u16>, sg: bool, latency_ms: u64) -> Outcome {
         Outcome {
-            kind,
-            phase,
-            at_us: 0,
+            label: Label { kind, phase },
+            at: Duration::ZERO,
+            sent_at: Duration::ZERO,
             status,
             surgeguard: sg.then(|| "limit=storefront; class=sheddable".to_string()),
-            latency_us: latency_ms * 1000,
+            latency: Duration::from_millis(latency_ms),
         }
     }
 
@@ -300,7 +350,7 @@ mod tests {
                 wait_timeouts: 0,
             },
             db_in_use: vec![],
-            filter_counters: vec![],
+            filter_counters: BTreeMap::new(),
         }
     }
 
@@ -352,11 +402,11 @@ mod tests {
     #[test]
     fn the_timeline_bins_by_scheduled_second() {
         let mut a = o(Kind::Cart, Phase::Calm, Some(200), false, 5);
-        a.at_us = 1_500_000;
+        a.at = Duration::from_micros(1_500_000);
         let mut b = a.clone();
-        b.at_us = 2_999_999;
+        b.at = Duration::from_micros(2_999_999);
         let mut c = a.clone();
-        c.at_us = 9_000_000; // past the end: counted in the last bin
+        c.at = Duration::from_micros(9_000_000); // past the end: counted in the last bin
         let r = run("with_filter", 1, vec![a, b, c]);
         assert_eq!(r.timeline(Kind::Cart, Verdict::Served, 3.0), vec![0, 1, 2]);
         assert_eq!(r.timeline(Kind::Cart, Verdict::Failed, 3.0), vec![0, 0, 0]);
@@ -366,7 +416,7 @@ mod tests {
     fn the_json_has_the_contract_keys_for_every_kind() {
         let plan =
             Plan { duration_s: 2.0, surge: 5.0, calm_rate_per_s: 10.0, mix: crate::traffic::Mix::default(), seed: 1 };
-        let v = protected(60, 100, &[(Kind::Bot, 3)]).to_json(&plan);
+        let v = serde_json::to_value(protected(60, 100, &[(Kind::Bot, 3)]).summary(&plan)).unwrap();
         assert_eq!(v["db_peak_in_use"], 18);
         for kind in Kind::ALL {
             let k = &v["traffic"][kind.name()];

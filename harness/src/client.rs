@@ -1,13 +1,21 @@
-//! HTTP requests and open-loop load. Open loop: arrivals follow the schedule whatever the
-//! server does, so a slow server cannot slow the offered load down.
+//! The one HTTP client of the tests, the demo and the benchmark: single requests, open-loop load
+//! (a schedule of arrivals) and closed-loop load.
+//!
+//! Open loop: every arrival is sent at its time on its own task, whatever the server does, so a
+//! slow server cannot slow the offered load down. Invariants: one outcome per arrival sent, in
+//! schedule order; requests go only to 127.0.0.1; a cancelled load aborts every request still in
+//! flight before returning.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub use crate::outcome::{classify, Outcome, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -114,56 +122,130 @@ pub struct Load {
     pub local_address: Option<IpAddr>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub label: &'static str,
-    /// When the request was scheduled, from the start of the load.
-    pub at: Duration,
-    /// When it was actually sent, from the start of the load (later than `at` if the client
-    /// fell behind, e.g. on a loaded machine).
-    pub sent_at: Duration,
-    /// `None`: no response (connection error or timeout).
-    pub status: Option<u16>,
-    pub latency: Duration,
-    /// The response's `x-surgeguard` header, if any.
-    pub surgeguard: Option<String>,
-}
-
 /// Sends `rate_per_s` requests per second for `duration`, evenly spaced, each on its own task
 /// (so slow responses never delay later arrivals), and waits for all of them.
 pub fn open_loop(load: Load) -> Vec<Outcome> {
-    runtime().block_on(async move {
-        let c = client(load.local_address);
-        let total = (load.rate_per_s * load.duration.as_secs_f64()).round() as u64;
-        let interval = Duration::from_secs_f64(1.0 / load.rate_per_s);
+    let total = (load.rate_per_s * load.duration.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / load.rate_per_s);
+    let make = Arc::clone(&load.make);
+    let arrivals = (0..total).map(move |n| {
+        let (req, label) = make(n);
+        (interval.mul_f64(n as f64), req, label)
+    });
+    let target = Target { port: load.port, local_address: load.local_address, timeout: load.timeout };
+    match run_schedule(&target, arrivals, &Arc::new(()), None) {
+        Ok(outcomes) => outcomes,
+        Err(e) => unreachable!("open-loop load without a cancel flag: {e:?}"),
+    }
+}
+
+/// Where a load goes and how long each request may take.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// On 127.0.0.1.
+    pub port: u16,
+    /// The client's own address (e.g. 127.0.0.2, to be another client IP); `None`: any.
+    pub local_address: Option<IpAddr>,
+    /// A request with no response after this long gets no status (a failure).
+    pub timeout: Duration,
+}
+
+/// Watches a load as it runs, from any thread: progress counters, or another thread acting at a
+/// scheduled moment. Every method does nothing unless implemented.
+pub trait Observer: Send + Sync + 'static {
+    /// Time 0 of the schedule, as the load starts.
+    fn started(&self, _start: Instant) {}
+    /// One more request went out.
+    fn sent(&self) {}
+    /// One request ended with this verdict.
+    fn answered(&self, _verdict: Verdict) {}
+}
+
+/// No one watches.
+impl Observer for () {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    /// The cancel flag was raised (Ctrl-C): requests still in flight were aborted.
+    Interrupted,
+    /// The load's runtime could not start.
+    Setup(String),
+}
+
+/// Sends each arrival `(when, from the start; what; label)`, given in time order, at its time on
+/// its own task, and returns every outcome in schedule order. `cancel`, checked before each
+/// arrival and every 50 ms while the last ones are answered, stops the load at once.
+pub fn run_schedule<L, O>(
+    target: &Target,
+    arrivals: impl IntoIterator<Item = (Duration, Req, L)>,
+    observer: &Arc<O>,
+    cancel: Option<&AtomicBool>,
+) -> Result<Vec<Outcome<L>>, LoadError>
+where
+    L: Send + 'static,
+    O: Observer,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("load")
+        .enable_all()
+        .build()
+        .map_err(|e| LoadError::Setup(format!("load runtime: {e}")))?;
+    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+    runtime.block_on(async {
+        let c = client(target.local_address);
         let start = Instant::now();
-        let mut tasks = Vec::with_capacity(total as usize);
-        for n in 0..total {
-            let due = start + interval.mul_f64(n as f64);
+        observer.started(start);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut count = 0;
+        for (i, (at, req, label)) in arrivals.into_iter().enumerate() {
+            let due = start + at;
             tokio::time::sleep_until(due.into()).await;
-            let (req, label) = (load.make)(n);
-            let c = c.clone();
-            let (port, timeout) = (load.port, load.timeout);
-            tasks.push(tokio::spawn(async move {
+            if cancelled() {
+                tasks.abort_all();
+                return Err(LoadError::Interrupted);
+            }
+            let (c, observer) = (c.clone(), Arc::clone(observer));
+            let (port, timeout) = (target.port, target.timeout);
+            observer.sent();
+            count = i + 1;
+            tasks.spawn(async move {
                 let t0 = Instant::now();
                 let r = send(&c, port, &req, timeout).await;
-                Outcome {
+                let outcome = Outcome {
                     label,
-                    at: due.saturating_duration_since(start),
+                    at,
                     sent_at: t0.saturating_duration_since(start),
                     status: r.as_ref().ok().map(|r| r.status),
                     latency: t0.elapsed(),
                     surgeguard: r.ok().and_then(|r| r.header("x-surgeguard").map(str::to_string)),
-                }
-            }));
+                };
+                observer.answered(outcome.verdict());
+                (i, outcome)
+            });
         }
-        let mut out = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            if let Ok(o) = t.await {
-                out.push(o);
+        let mut out: Vec<Option<Outcome<L>>> = std::iter::repeat_with(|| None).take(count).collect();
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                next = tasks.join_next() => match next {
+                    Some(Ok((i, o))) => {
+                        if let Some(slot) = out.get_mut(i) {
+                            *slot = Some(o);
+                        }
+                    }
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if cancelled() {
+                        tasks.abort_all();
+                        return Err(LoadError::Interrupted);
+                    }
+                }
             }
         }
-        out
+        Ok(out.into_iter().flatten().collect())
     })
 }
 

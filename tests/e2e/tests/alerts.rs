@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 use surgeguard_harness::client::{self, Req};
-use surgeguard_harness::envoy::{json_string, Envoy, Options};
+use surgeguard_harness::envoy::{Envoy, Localise, Options};
+use surgeguard_harness::repo_root;
 use surgeguard_harness::upstream::Upstream;
-use surgeguard_harness::{repo_root, wasm_path};
 
 fn promtool(args: &[&str]) -> String {
     let out =
@@ -89,17 +89,13 @@ fn real_prometheus_output() -> String {
     let live = dir.path().join("live");
     std::fs::create_dir(&live).expect("live dir");
     let root = repo_root();
-    let shipped = std::fs::read_to_string(root.join("envoy/ecds/live/surgeguard.yaml")).expect("resource");
-    let wasm = format!("filename: {}", json_string(&wasm_path().display().to_string()));
-    std::fs::write(live.join("surgeguard.yaml"), shipped.replace("filename: dist/surgeguard.wasm", &wasm))
-        .expect("resource");
+    let resource =
+        Localise::module().load(&root.join("envoy/ecds/live/surgeguard.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(live.join("surgeguard.yaml"), resource).expect("resource");
     let upstream = Upstream::start(Duration::ZERO).expect("upstream");
-    let bootstrap = std::fs::read_to_string(root.join("envoy/ecds/envoy.yaml"))
-        .expect("bootstrap")
-        .replace("port_value: 10000", "port_value: 0")
-        .replace("port_value: 9901", "port_value: 0")
-        .replace("port_value: 8080", &format!("port_value: {}", upstream.port))
-        .replace("envoy/ecds/live", &live.display().to_string());
+    let bootstrap = Localise::ecds(upstream.port, &live)
+        .load(&root.join("envoy/ecds/envoy.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let envoy = Envoy::start(&bootstrap, &Options::default())
         .unwrap_or_else(|e| panic!("envoy did not start: {}\n{}", e.message, e.log));
     let r = client::request(envoy.listener_port(), &Req::get("/checkout")).expect("a request");

@@ -10,9 +10,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use surgeguard_harness::envoy::{json_string, Envoy, Options};
+use surgeguard_harness::envoy::{Envoy, Localise, Options};
+use surgeguard_harness::repo_root;
 use surgeguard_harness::upstream::Upstream;
-use surgeguard_harness::{repo_root, wasm_path};
 
 /// An Envoy fed by ECDS from a watched directory of its own.
 struct Live {
@@ -25,18 +25,9 @@ struct Live {
 
 /// The shipped bootstrap pointed at this machine: free ports, `upstream_port`, `live_dir`.
 fn ecds_bootstrap(live_dir: &Path, upstream_port: u16) -> String {
-    let path = repo_root().join("envoy/ecds/envoy.yaml");
-    let mut yaml = std::fs::read_to_string(&path).expect("envoy/ecds/envoy.yaml");
-    for (from, to) in [
-        ("port_value: 10000", "port_value: 0".to_string()),
-        ("port_value: 9901", "port_value: 0".to_string()),
-        ("port_value: 8080", format!("port_value: {upstream_port}")),
-        ("envoy/ecds/live", live_dir.display().to_string()),
-    ] {
-        assert!(yaml.contains(from), "envoy/ecds/envoy.yaml: expected `{from}`");
-        yaml = yaml.replace(from, &to);
-    }
-    yaml
+    Localise::ecds(upstream_port, live_dir)
+        .load(&repo_root().join("envoy/ecds/envoy.yaml"))
+        .unwrap_or_else(|e| panic!("envoy/ecds/envoy.yaml: {e}"))
 }
 
 impl Live {
@@ -48,12 +39,10 @@ impl Live {
     fn start_with(initial_json: &str, upstream_delay: Duration, validate: bool) -> Live {
         let dir = tempfile::tempdir().expect("tempdir");
         // The shipped template, with the module under test.
-        let template = std::fs::read_to_string(repo_root().join("envoy/ecds/surgeguard.template.yaml"))
-            .expect("envoy/ecds/surgeguard.template.yaml");
-        let from = "filename: dist/surgeguard.wasm";
-        assert!(template.contains(from), "template: expected `{from}`");
-        let to = format!("filename: {}", json_string(&wasm_path().display().to_string()));
-        std::fs::write(dir.path().join("template.yaml"), template.replace(from, &to)).expect("write");
+        let template = Localise::module()
+            .load(&repo_root().join("envoy/ecds/surgeguard.template.yaml"))
+            .unwrap_or_else(|e| panic!("envoy/ecds/surgeguard.template.yaml: {e}"));
+        std::fs::write(dir.path().join("template.yaml"), template).expect("write");
         std::fs::create_dir(dir.path().join("live")).expect("live dir");
         // Envoy reads the resource at start-up: it must exist first.
         let (ok, out) = apply(dir.path(), initial_json, validate, None);

@@ -3,12 +3,14 @@
 //! - [`envoy`]: find and run a real Envoy (with the real `.wasm`), stopped on drop;
 //! - [`upstream`]: an HTTP upstream on 127.0.0.1 that measures its own concurrency;
 //! - [`client`]: HTTP requests and open-loop load through Envoy.
+//! - [`rls`]: a real rate limit service for fleet-wide limits (Redis and `surgeguard-rls`).
 //!
 //! Every process and server started here stops when its handle is dropped, also on panic.
 //! Ports are never fixed: servers bind port 0 and report what they got.
 
 pub mod client;
 pub mod envoy;
+pub mod rls;
 pub mod upstream;
 
 use std::path::PathBuf;

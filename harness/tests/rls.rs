@@ -3,7 +3,10 @@
 //! when its handle drops, also when an assertion fails.
 
 use std::time::{Duration, Instant};
-use surgeguard_harness::rls::{Answer, Counters, RateLimitService, Redis, Reply};
+use surgeguard_harness::client::{request, Req};
+use surgeguard_harness::envoy::{bootstrap_yaml, upstream_cluster_yaml, Envoy, Options};
+use surgeguard_harness::rls::{rls_cluster_yaml, Answer, Counters, RateLimitService, Redis, Reply};
+use surgeguard_harness::upstream::Upstream;
 
 const DOMAIN: &str = "fleet";
 const STOREFRONT: &[(&str, &str)] = &[("limit", "storefront")];
@@ -162,4 +165,52 @@ fn a_call_matching_no_limit_is_ok_without_a_current_limit() {
     let answer = reply.result.unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(answer.overall_code, "OK");
     assert_eq!(answer.statuses[0].requests_per_unit, None);
+}
+
+/// Envoy's own rate limit filter as the client: proves the gRPC API and the cluster snippet
+/// against a real Envoy, and that UNAVAILABLE lets Envoy's failure mode decide.
+#[test]
+fn envoy_s_ratelimit_filter_is_answered_by_the_service_and_fails_open_when_redis_hangs() {
+    let redis = start_redis();
+    let rls = start_rls(
+        Counters::Redis(&redis),
+        &format!(
+            r#"
+- namespace: {DOMAIN}
+  max_value: 3
+  seconds: 60
+  conditions: ["descriptors[0].generic_key == 'storefront'"]
+  variables: []
+"#
+        ),
+    );
+    let upstream = Upstream::start(Duration::ZERO).unwrap_or_else(|e| panic!("{e}"));
+    let filter = format!(
+        r#"          - name: envoy.filters.http.ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+              domain: {DOMAIN}
+              timeout: 1s
+              failure_mode_deny: false
+              rate_limit_service:
+                transport_api_version: V3
+                grpc_service: {{ envoy_grpc: {{ cluster_name: rls }} }}
+"#
+    );
+    let route =
+        "route: { cluster: upstream, rate_limits: [{ actions: [{ generic_key: { descriptor_value: storefront } }] }] }";
+    let clusters = format!("{}{}", upstream_cluster_yaml(upstream.port), rls_cluster_yaml("rls", rls.port()));
+    let yaml = bootstrap_yaml("main", "", route, &filter, &clusters);
+    let envoy = Envoy::start(&yaml, &Options::default()).unwrap_or_else(|e| panic!("{}\n{}", e.message, e.log));
+    let port = envoy.listener_port();
+    let status = || request(port, &Req::get("/")).map(|r| r.status).unwrap_or_else(|e| panic!("{e}"));
+    let statuses: Vec<u16> = (0..4).map(|_| status()).collect();
+    assert_eq!(statuses, vec![200, 200, 200, 429], "{}", rls.log());
+    // The service answers UNAVAILABLE within its Redis timeout, before Envoy's 1 s: fail open.
+    redis.pause().unwrap_or_else(|e| panic!("{e}"));
+    let t0 = Instant::now();
+    assert_eq!(status(), 200);
+    assert!(t0.elapsed() < FAILS_WITHIN, "{:?}", t0.elapsed());
+    redis.resume().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status(), 429);
 }

@@ -127,6 +127,8 @@ impl Redis {
         stop_child(&mut self.child);
         let bin = redis_server_bin()?;
         let log = self.dir.path().join("redis.log");
+        // Readiness is read from this start's log (below): start it empty.
+        fs::write(&log, "").map_err(|e| format!("{}: {e}", log.display()))?;
         let child = Command::new(&bin)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -147,7 +149,9 @@ impl Redis {
                 let said = fs::read_to_string(&log).unwrap_or_default();
                 return Err(format!("redis-server exited ({status}) on port {}: {said}", self.port));
             }
-            if ping(self.port) {
+            // Its own log, not only PING: another test's Redis may have taken the port first.
+            let ready = fs::read_to_string(&log).is_ok_and(|l| l.contains("Ready to accept connections"));
+            if ready && ping(self.port) {
                 return Ok(());
             }
             if Instant::now() > deadline {

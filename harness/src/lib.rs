@@ -6,7 +6,8 @@
 //! - [`outcome`]: what happened to one request of a load, and whether it was served, refused
 //!   or failed;
 //! - [`stats`]: Envoy's `/stats`, parsed once for everyone;
-//! - [`output`]: writing a run's outputs (summaries, reports) into a directory.
+//! - [`output`]: writing a run's outputs (summaries, reports) into a directory;
+//! - [`rls`]: a real rate limit service for fleet-wide limits (Redis and `surgeguard-rls`).
 //!
 //! Every process and server started here stops when its handle is dropped, also on panic.
 //! Ports are never fixed: servers bind port 0 and report what they got.
@@ -15,6 +16,7 @@ pub mod client;
 pub mod envoy;
 pub mod outcome;
 pub mod output;
+pub mod rls;
 pub mod stats;
 pub mod upstream;
 

@@ -9,6 +9,7 @@
 #   ./build.sh check FILE   validate a plugin configuration offline (exit 0 valid, 1 refused)
 #   ./build.sh oci [REF]    package dist/surgeguard.wasm as an OCI image for Istio
 #   ./build.sh envoy        print the Envoy binary the project uses (installing it if needed)
+#   ./build.sh rls          print the rate limit service binary for fleet limits (building it if needed)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -196,6 +197,7 @@ case "$cmd" in
     [ $# -eq 1 ] || die "usage: ./build.sh check FILE"
     cargo run -q --release --bin surgeguard-check -- "$1" ;;
   envoy) ensure_envoy; echo "$ENVOY_BIN" ;;
+  rls) ensure_rls; echo "$SURGEGUARD_RLS_BIN" ;;
   demo)
     build; ensure_envoy
     cargo run -q --release -p surgeguard-demo --bin demo -- "$@" ;;
@@ -206,6 +208,6 @@ case "$cmd" in
   oci)
     build
     scripts/oci.sh "$@" ;;
-  -h|--help|help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print } /^set /{ exit }' "$0" ;;
   *) die "unknown command '$cmd' (try ./build.sh help)" ;;
 esac

@@ -974,6 +974,11 @@ fn compile_fleet(f: FleetLink, tokens_per_second: f64, burst: u64, classes: &[Cl
         // does not call once per request.
         min_hits: u32::try_from((burst / 100).clamp(1, f.max_lease)).unwrap_or(1),
         max_hits,
+        initial_hits: {
+            let per_refill =
+                burst as f64 * f.local_share * f.refill_ms as f64 / 1e3 / (burst as f64 / tokens_per_second);
+            u32::try_from((per_refill.ceil() as u64).clamp(1, f.max_lease)).unwrap_or(1)
+        },
         probe_period_ns: FLEET_PROBE_PERIOD_MS * NS_PER_MS,
     };
     let class_reserve_tokens = classes.iter().map(|c| (c.reserve * burst as f64 + 1e-9).floor() as u64).collect();

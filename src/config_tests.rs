@@ -269,6 +269,8 @@ fn a_fleet_limit_compiles_its_lease_and_a_local_fallback_of_its_share() {
     assert_eq!(f.lease.timeout_ns, DEFAULT_FLEET_TIMEOUT_MS * 1_000_000);
     assert_eq!(f.lease.refill_period_ns, DEFAULT_FLEET_REFILL_MS * 1_000_000);
     assert_eq!((f.lease.min_hits, f.lease.max_hits), (10, 250));
+    // A quarter of 500/s for one refill period of 250 ms.
+    assert_eq!(f.lease.initial_hits, 32);
     // The limit's own bucket is the fallback: a quarter of 500/s, burst 250.
     assert_eq!(l.ns_per_token, 8_000_000);
     assert_eq!(l.class_tolerance_ns, vec![250 * 8_000_000, 125 * 8_000_000]);

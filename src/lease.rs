@@ -46,6 +46,9 @@ pub struct LeaseParams {
     /// Lease size bounds.
     pub min_hits: u32,
     pub max_hits: u32,
+    /// The size of a lease asked for without a spending rate to size it from (the first call,
+    /// and the probes of local mode): this Envoy's share of one refill period.
+    pub initial_hits: u32,
     /// In local mode, how often to try the service again.
     pub probe_period_ns: u64,
 }
@@ -149,7 +152,7 @@ impl Lease {
                 if now_ns < self.probe_at_ns {
                     return None;
                 }
-                self.lease_size(params, now_ns)
+                params.initial_hits.clamp(params.min_hits.max(1), params.max_hits.max(params.min_hits).max(1))
             }
             Mode::Fleet => {
                 self.expire_window(params, now_ns);

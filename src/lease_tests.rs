@@ -14,6 +14,7 @@ fn params() -> LeaseParams {
         refill_period_ns: 250 * MS,
         min_hits: 10,
         max_hits: 250,
+        initial_hits: 40,
         probe_period_ns: 500 * MS,
     }
 }
@@ -44,7 +45,7 @@ fn a_new_lease_is_local_and_calls_the_service_at_once_one_call_per_envoy() {
     let p = params();
     let mut l = Lease::default();
     assert_eq!(l.mode, Mode::Local);
-    assert_eq!(l.start_call(&p, T0), Some(p.min_hits));
+    assert_eq!(l.start_call(&p, T0), Some(p.initial_hits), "its share of a refill period");
     assert_eq!(l.start_call(&p, T0), None, "a call is in flight");
 }
 
@@ -158,7 +159,7 @@ fn a_failed_call_switches_to_local_mode_drops_the_block_and_probes_later() {
     assert_eq!(l.on_answer_now(Answer::Failed, &p, T0 + 2 * MS), Switch::ToLocal);
     assert_eq!((l.mode, l.tokens), (Mode::Local, 0));
     assert_eq!(l.start_call(&p, T0 + 2 * MS + p.probe_period_ns - 1), None);
-    assert_eq!(l.start_call(&p, T0 + 2 * MS + p.probe_period_ns), Some(p.min_hits));
+    assert_eq!(l.start_call(&p, T0 + 2 * MS + p.probe_period_ns), Some(p.initial_hits));
     assert_eq!(l.on_answer_now(granted(500), &p, T0 + 3 * S), Switch::ToFleet);
 }
 

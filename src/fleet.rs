@@ -123,7 +123,9 @@ pub fn answer_from(grpc_status: u32, message: &[u8]) -> Answer {
         Ok(r) => {
             // One descriptor per call: its status says what is left; without one, nothing known.
             let status = r.statuses.first();
-            let remaining = status.map_or(0, |s| u64::from(s.limit_remaining));
+            // Without a status (limitador-server sends none) what is left is unknown; a status
+            // is taken at its word, limit_remaining 0 included.
+            let remaining = status.map(|s| u64::from(s.limit_remaining));
             let until_reset_ns = status.and_then(|s| s.until_reset_ns);
             match r.overall_code {
                 rls::Code::Ok => Answer::Granted { remaining, until_reset_ns },

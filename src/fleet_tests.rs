@@ -34,7 +34,7 @@ fn admitted_of(a: &Admission, path: &str, n: usize, now: u64, store: &dyn Shared
 fn grant(a: &Admission, remaining: u64, now: u64, store: &dyn SharedStore) -> u32 {
     let tick = a.lease_calls_due(now, store).unwrap();
     let call = tick.calls.first().unwrap_or_else(|| panic!("no call due: {tick:?}"));
-    let answer = Answer::Granted { remaining, until_reset_ns: Some(2 * NS_PER_S) };
+    let answer = Answer::Granted { remaining: Some(remaining), until_reset_ns: Some(2 * NS_PER_S) };
     a.apply_lease_answer(call.limit, call.deadline_ns, answer, now + MS, store).unwrap();
     call.hits
 }
@@ -142,9 +142,11 @@ fn answers_are_read_from_the_grpc_status_and_the_message() {
         // overall OK; one status: OK, limit_remaining 42
         vec![0x08, 1, 0x12, 4, 0x08, 1, 0x18, 42]
     };
-    assert_eq!(answer_from(0, &ok), Answer::Granted { remaining: 42, until_reset_ns: None });
+    assert_eq!(answer_from(0, &ok), Answer::Granted { remaining: Some(42), until_reset_ns: None });
+    // limitador-server's answer: a code and no statuses.
+    assert_eq!(answer_from(0, &[0x08, 1]), Answer::Granted { remaining: None, until_reset_ns: None });
     let over = vec![0x08, 2, 0x12, 4, 0x08, 2, 0x18, 3];
-    assert_eq!(answer_from(0, &over), Answer::OverLimit { remaining: 3, until_reset_ns: None });
+    assert_eq!(answer_from(0, &over), Answer::OverLimit { remaining: Some(3), until_reset_ns: None });
     assert_eq!(answer_from(14, &ok), Answer::Failed, "UNAVAILABLE");
     assert_eq!(answer_from(0, &[0x12, 9]), Answer::Failed, "undecodable");
     assert_eq!(answer_from(0, &[]), Answer::Failed, "no code");

@@ -16,7 +16,10 @@
 //!
 //! Reserves, with the local meaning: a class with reserve `r` takes a token only if at least
 //! `r x capacity` tokens remain for the fleet afterwards. What remains, as this Envoy knows it, is
-//! the service's `limit_remaining` at its last answer plus this Envoy's unspent tokens.
+//! the service's `limit_remaining` at its last answer plus this Envoy's unspent tokens. A service
+//! that reports no `limit_remaining` (limitador-server's RLS front-end sends no statuses) leaves
+//! only this Envoy's own view: the window's capacity less what it was granted, so reserves then
+//! hold per Envoy rather than fleet-wide, while the limit itself still holds fleet-wide.
 //!
 //! Error bounds, per service window of `capacity` tokens, in fleet mode:
 //! - over by at most `min_hits` per Envoy: the service counts a lease when it grants it and
@@ -65,10 +68,11 @@ pub enum Mode {
 /// What the service said to a lease call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// The hits were counted: they are this Envoy's to spend.
-    Granted { remaining: u64, until_reset_ns: Option<u64> },
+    /// The hits were counted: they are this Envoy's to spend. `remaining`: the service's
+    /// `limit_remaining`, if it reported one.
+    Granted { remaining: Option<u64>, until_reset_ns: Option<u64> },
     /// Not enough left for the hits asked (nothing was counted).
-    OverLimit { remaining: u64, until_reset_ns: Option<u64> },
+    OverLimit { remaining: Option<u64>, until_reset_ns: Option<u64> },
     /// An error status, an undecodable answer, or a timeout.
     Failed,
 }
@@ -186,16 +190,17 @@ impl Lease {
                 let paid = self.debt.min(u64::from(hits));
                 self.debt -= paid;
                 self.tokens = self.tokens.saturating_add(u64::from(hits) - paid);
-                self.fleet_remaining = remaining;
+                self.fleet_remaining = remaining.unwrap_or(self.fleet_remaining.saturating_sub(u64::from(hits)));
                 self.last_hits = hits;
                 self.spent = 0;
                 self.spent_since_ns = now_ns;
             }
             Answer::OverLimit { remaining, until_reset_ns } => {
-                // The service is up: fleet mode, with what is left (the next call asks for no more).
+                // The service is up: fleet mode, with what is left (the next call asks for no
+                // more). Not told what is left: the next call asks for half.
                 self.set_window(params, until_reset_ns, now_ns);
                 self.mode = Mode::Fleet;
-                self.fleet_remaining = remaining;
+                self.fleet_remaining = remaining.unwrap_or(u64::from(hits / 2));
             }
             Answer::Failed => self.fail(params, now_ns),
         }
@@ -218,8 +223,19 @@ impl Lease {
         self.probe_at_ns = now_ns.saturating_add(params.probe_period_ns);
     }
 
+    /// Follows the service's window: its `duration_until_reset` when it sends one, else windows
+    /// of `window_ns` from the first answer. A new window starts with the whole capacity (what is
+    /// left is then only known if the service says).
     fn set_window(&mut self, params: &LeaseParams, until_reset_ns: Option<u64>, now_ns: u64) {
-        self.window_end_ns = now_ns.saturating_add(until_reset_ns.unwrap_or(params.window_ns));
+        if now_ns >= self.window_end_ns {
+            self.fleet_remaining = params.capacity;
+            if until_reset_ns.is_none() {
+                self.window_end_ns = now_ns.saturating_add(params.window_ns);
+            }
+        }
+        if let Some(d) = until_reset_ns {
+            self.window_end_ns = now_ns.saturating_add(d);
+        }
     }
 
     /// At the service's window reset, unspent tokens expire and the fleet starts full again.

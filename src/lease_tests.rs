@@ -27,7 +27,7 @@ impl Lease {
 }
 
 fn granted(remaining: u64) -> Answer {
-    Answer::Granted { remaining, until_reset_ns: Some(2 * S) }
+    Answer::Granted { remaining: Some(remaining), until_reset_ns: Some(2 * S) }
 }
 
 /// A lease that was granted `hits` with `remaining` left for the fleet.
@@ -143,7 +143,7 @@ fn an_over_limit_answer_keeps_fleet_mode_and_the_next_call_asks_no_more_than_rem
     }
     let hits = l.start_call(&p, T0 + 10 * MS).unwrap();
     assert!(hits > 5);
-    let answer = Answer::OverLimit { remaining: 5, until_reset_ns: Some(S) };
+    let answer = Answer::OverLimit { remaining: Some(5), until_reset_ns: Some(S) };
     assert_eq!(l.on_answer_now(answer, &p, T0 + 11 * MS), Switch::None);
     assert_eq!(l.mode, Mode::Fleet);
     assert_eq!(l.start_call(&p, T0 + 11 * MS), Some(5));
@@ -189,6 +189,44 @@ fn a_late_answer_to_a_call_declared_failed_is_ignored() {
 }
 
 #[test]
+fn without_limit_remaining_a_reserve_holds_against_what_this_envoy_was_granted() {
+    let p = params();
+    let mut l = Lease::default();
+    l.start_call(&p, T0);
+    l.call_hits = 250;
+    l.on_answer_now(Answer::Granted { remaining: None, until_reset_ns: None }, &p, T0);
+    // This Envoy alone has taken 250 of 1000: 750 left as far as it knows, with its 250 unspent.
+    assert_eq!((l.fleet_remaining, l.tokens), (750, 250));
+    assert_eq!(l.window_end_ns, T0 + p.window_ns, "windows of the configured length");
+    for _ in 0..250 {
+        if l.take(500, &p, T0 + MS).is_err() {
+            break;
+        }
+    }
+    assert_eq!(l.tokens, 0, "750 + 250 - 250 >= 500: the sheddable class may spend its block");
+    assert!(l.start_call(&p, T0 + MS).is_some());
+    l.call_hits = 250;
+    l.on_answer_now(Answer::Granted { remaining: None, until_reset_ns: None }, &p, T0 + 2 * MS);
+    // 500 granted to it in all: with 250 unspent, sheddable may take 250 more, leaving the 500.
+    assert_eq!(l.fleet_remaining, 500);
+    let taken = (0..300).filter(|_| l.take(500, &p, T0 + 3 * MS).is_ok()).count();
+    assert_eq!(taken, 250);
+    assert_eq!(l.window_end_ns, T0 + p.window_ns, "a later answer does not move the window");
+}
+
+#[test]
+fn an_over_limit_answer_without_remaining_halves_the_next_call() {
+    let p = params();
+    let mut l = leased(100, 900);
+    l.tokens = 0;
+    assert!(l.start_call(&p, T0 + MS).is_some());
+    l.call_hits = 80;
+    l.on_answer_now(Answer::OverLimit { remaining: None, until_reset_ns: None }, &p, T0 + MS);
+    assert_eq!(l.fleet_remaining, 40);
+    assert!(l.start_call(&p, T0 + 2 * MS).is_some_and(|hits| hits <= 40));
+}
+
+#[test]
 fn the_stored_words_round_trip() {
     let mut l = leased(123, 456);
     l.start_call(&params(), T0 + 5 * S);
@@ -203,6 +241,7 @@ struct Service {
     window_ns: u64,
     window: u64,
     counted: u64,
+    reports_remaining: bool,
 }
 
 impl Service {
@@ -215,17 +254,32 @@ impl Service {
         let until_reset_ns = Some((window + 1) * self.window_ns - now_ns);
         let hits = u64::from(hits);
         if self.counted + hits > self.capacity {
-            return Answer::OverLimit { remaining: self.capacity - self.counted, until_reset_ns };
+            return Answer::OverLimit { remaining: self.report(self.capacity - self.counted), until_reset_ns };
         }
         self.counted += hits;
-        Answer::Granted { remaining: self.capacity - self.counted, until_reset_ns }
+        Answer::Granted { remaining: self.report(self.capacity - self.counted), until_reset_ns }
+    }
+
+    /// `limit_remaining` as this service reports it: not at all, like limitador-server.
+    fn report(&self, remaining: u64) -> Option<u64> {
+        self.reports_remaining.then_some(remaining)
     }
 }
 
 #[test]
 fn three_envoys_with_uneven_load_at_five_times_the_limit_admit_the_fleet_limit_and_never_more() {
+    three_envoys_at_five_times_the_limit(true);
+}
+
+#[test]
+fn without_limit_remaining_from_the_service_the_limit_still_holds_fleet_wide() {
+    three_envoys_at_five_times_the_limit(false);
+}
+
+fn three_envoys_at_five_times_the_limit(reports_remaining: bool) {
     let p = params();
-    let mut service = Service { capacity: p.capacity, window_ns: p.window_ns, window: 0, counted: 0 };
+    let mut service =
+        Service { capacity: p.capacity, window_ns: p.window_ns, window: 0, counted: 0, reports_remaining };
     let mut envoys = [Lease::default(); 3];
     // Answers arrive 1 ms after the call.
     let mut pending: [Option<(u64, u64, Answer)>; 3] = [None; 3];
@@ -271,7 +325,8 @@ fn three_envoys_with_uneven_load_at_five_times_the_limit_admit_the_fleet_limit_a
 #[test]
 fn a_sheddable_flood_on_one_envoy_leaves_the_reserve_to_critical_traffic_on_another() {
     let p = params();
-    let mut service = Service { capacity: p.capacity, window_ns: p.window_ns, window: 0, counted: 0 };
+    let mut service =
+        Service { capacity: p.capacity, window_ns: p.window_ns, window: 0, counted: 0, reports_remaining: true };
     let (flooded, trickle) = (0, 1);
     let mut envoys = [Lease::default(); 2];
     let mut pending: [Option<(u64, u64, Answer)>; 2] = [None; 2];

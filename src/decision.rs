@@ -146,13 +146,13 @@ impl Admission {
         instance: u32,
         store: &dyn SharedStore,
     ) -> Result<Attempt<Decision>, StoreError> {
-        let (snapshot, overflowed) = self.read(applied, req, now_ns, store)?;
+        let (mut snapshot, overflowed) = self.read(applied, req, now_ns, store)?;
         let decision = |verdict, refused| Decision { class, verdict, applied, refused, overflowed };
         let admitted = self
-            .take_tokens(class, applied, snapshot, now_ns)
-            .and_then(|snapshot| self.acquire_in_flight(class, instance, now_ns, snapshot));
+            .take_tokens(class, applied, &mut snapshot, now_ns)
+            .and_then(|()| self.acquire_in_flight(class, instance, now_ns, &mut snapshot));
         match admitted {
-            Ok(snapshot) => Ok(self
+            Ok(()) => Ok(self
                 .commit(snapshot, instance, now_ns, store)?
                 .map(|in_flight| decision(Verdict::Admitted { in_flight }, LimitSet::EMPTY))),
             Err(Refused { verdict, limits }) => Ok(Attempt::Done(decision(verdict, limits))),
@@ -177,7 +177,8 @@ impl Admission {
         }
         let mut keyed = Vec::new();
         let mut overflowed = LimitSet::EMPTY;
-        for (id, limit) in self.limits_in(applied).filter(|(_, l)| l.key != KeySource::Global) {
+        for id in applied.iter() {
+            let Some(limit) = self.policy.limit(id).filter(|l| l.key != KeySource::Global) else { continue };
             let (slot, overflow) = self.locate_keyed_slot(id, limit, req, now_ns, store)?;
             if overflow {
                 overflowed.insert(id);
@@ -193,12 +194,13 @@ impl Admission {
         &self,
         class: ClassId,
         applied: LimitSet,
-        mut snapshot: Snapshot,
+        snapshot: &mut Snapshot,
         now_ns: u64,
-    ) -> Result<Snapshot, Refused> {
+    ) -> Result<(), Refused> {
         let mut refused = LimitSet::EMPTY;
         let mut worst: Option<(LimitId, u64)> = None;
-        for (id, limit) in self.limits_in(applied) {
+        for id in applied.iter() {
+            let Some(limit) = self.policy.limit(id) else { continue };
             let bucket = Bucket { ns_per_token: limit.ns_per_token, tolerance_ns: limit.tolerance_ns(class) };
             let taken = match limit.key {
                 KeySource::Global => {
@@ -229,7 +231,7 @@ impl Admission {
             Some((limit, retry_after_s)) => {
                 Err(Refused { verdict: Verdict::RateLimited { limit, retry_after_s }, limits: refused })
             }
-            None => Ok(snapshot),
+            None => Ok(()),
         }
     }
 
@@ -239,15 +241,15 @@ impl Admission {
         class: ClassId,
         instance: u32,
         now_ns: u64,
-        mut snapshot: Snapshot,
-    ) -> Result<Snapshot, Refused> {
+        snapshot: &mut Snapshot,
+    ) -> Result<(), Refused> {
         if let (Some(c), Some(stored)) = (&self.policy.concurrency, snapshot.record.as_mut()) {
             if !stored.record.acquire(instance, now_ns, c.class_max(class)) {
                 let verdict = Verdict::Shed { retry_after_s: c.retry_after_s };
                 return Err(Refused { verdict, limits: LimitSet::EMPTY });
             }
         }
-        Ok(snapshot)
+        Ok(())
     }
 
     /// Writes the keyed slots, then the record, each by compare-and-swap against the version

@@ -99,6 +99,27 @@ struct Refused {
     limits: LimitSet,
 }
 
+/// The buckets that refused one request, and the one that would make it wait longest (the
+/// first on a tie).
+#[derive(Default)]
+struct Refusals {
+    limits: LimitSet,
+    worst: Option<(LimitId, u64)>,
+}
+
+impl Refusals {
+    // Out of line: most requests are admitted, so the admitting path stays small.
+    #[cold]
+    #[inline(never)]
+    fn add(&mut self, id: LimitId, limit: &Limit, refused: bucket::Refused) {
+        self.limits.insert(id);
+        let retry_after_s = refused.wait_ns.map_or(limit.window_s, ceil_seconds);
+        if self.worst.is_none_or(|(_, w)| retry_after_s > w) {
+            self.worst = Some((id, retry_after_s));
+        }
+    }
+}
+
 /// Fingerprints 0 (overflow bucket) and u64::MAX (empty slot) are never a key's.
 const EMPTY_SLOT: u64 = u64::MAX;
 
@@ -197,8 +218,8 @@ impl Admission {
         snapshot: &mut Snapshot,
         now_ns: u64,
     ) -> Result<(), Refused> {
-        let mut refused = LimitSet::EMPTY;
-        let mut worst: Option<(LimitId, u64)> = None;
+        let mut refusals = Refusals::default();
+        // A plain loop over ids: an iterator chain here cost ~240 wasm instructions per request.
         for id in applied.iter() {
             let Some(limit) = self.policy.limit(id) else { continue };
             let bucket = Bucket { ns_per_token: limit.ns_per_token, tolerance_ns: limit.tolerance_ns(class) };
@@ -220,16 +241,12 @@ impl Admission {
                 }
             };
             if let Err(r) = taken {
-                refused.insert(id);
-                let retry_after_s = r.wait_ns.map_or(limit.window_s, ceil_seconds);
-                if worst.is_none_or(|(_, w)| retry_after_s > w) {
-                    worst = Some((id, retry_after_s));
-                }
+                refusals.add(id, limit, r);
             }
         }
-        match worst {
+        match refusals.worst {
             Some((limit, retry_after_s)) => {
-                Err(Refused { verdict: Verdict::RateLimited { limit, retry_after_s }, limits: refused })
+                Err(Refused { verdict: Verdict::RateLimited { limit, retry_after_s }, limits: refusals.limits })
             }
             None => Ok(()),
         }
@@ -295,11 +312,6 @@ impl Admission {
                 }
             });
         }
-    }
-
-    /// The limits in `set`, with their ids, in order.
-    fn limits_in(&self, set: LimitSet) -> impl Iterator<Item = (LimitId, &Limit)> {
-        set.iter().filter_map(|id| Some((id, self.policy.limit(id)?)))
     }
 
     /// Finds the slot a keyed request draws from; `true` if it is the overflow bucket.

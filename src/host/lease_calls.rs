@@ -26,8 +26,9 @@ const CANCEL_GRACE_NS: u64 = 1_000_000_000;
 
 /// The calls this VM made that Envoy has not answered yet, with their tokens.
 ///
-/// A `Vec`: at most one call per fleet limit is pending, and std's `HashMap` would bring its
-/// random seeding (and the WASI error table its failure message formats) into the module.
+/// A `Vec`: only a few calls (about one per fleet limit) are ever pending, and std's `HashMap`
+/// would bring its random seeding (and the WASI error table its failure message formats) into
+/// the module: ~10 KB.
 #[derive(Default)]
 pub struct LeaseCalls {
     pending: Vec<(u32, Pending)>,

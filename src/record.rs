@@ -105,12 +105,11 @@ impl Record {
             let tag = read_u64(&self.bytes, at).unwrap_or(0);
             let a = read_u64(&self.bytes, at + 8).unwrap_or(0);
             let b = read_u64(&self.bytes, at + 16).unwrap_or(0);
-            let keep = if is_lease_tag(tag) {
-                true
-            } else if tag & IN_FLIGHT_TAG == 0 {
-                !is_full(a, now_ns)
-            } else {
+            let keep = if tag & IN_FLIGHT_TAG != 0 {
                 Some(tag) == keep_instance.map(in_flight_tag) || is_live(b, now_ns)
+            } else {
+                // A lease is dropped only with its limit (`retain_leases`).
+                tag & LEASE_TAG != 0 || !is_full(a, now_ns)
             };
             if keep {
                 self.bytes.copy_within(at..at + ENTRY_BYTES, kept);

@@ -4,8 +4,8 @@
 use super::adapters::{now_ns, HostStore};
 use super::root::ConfigInForce;
 use crate::classify::{strip_query, RequestView};
-use crate::config::Mode;
-use crate::decision::Verdict;
+use crate::config::{Mode, Policy};
+use crate::decision::{Decision, Verdict};
 use crate::metrics::for_each_counter;
 use crate::response::refusal;
 use proxy_wasm::hostcalls;
@@ -110,15 +110,25 @@ impl HttpContext for RequestFilter {
         if policy.mode == Mode::Shadow {
             return Action::Continue;
         }
-        let Some(reply) = refusal(policy, &decision) else {
-            return Action::Continue;
-        };
-        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        match hostcalls::send_http_response(reply.status, headers, Some(reply.body)) {
-            Ok(()) => Action::Pause,
-            // The host could not reply: let the request through rather than hang it.
-            Err(_) => Action::Continue,
+        match decision.verdict {
+            Verdict::Admitted { .. } | Verdict::FailedOpen => Action::Continue,
+            Verdict::RateLimited { .. } | Verdict::Shed { .. } => reply_refused(policy, &decision),
         }
+    }
+}
+
+// Out of line: most requests are admitted, and the reply's formatting is large.
+#[cold]
+#[inline(never)]
+fn reply_refused(policy: &Policy, decision: &Decision) -> Action {
+    let Some(reply) = refusal(policy, decision) else {
+        return Action::Continue;
+    };
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    match hostcalls::send_http_response(reply.status, headers, Some(reply.body)) {
+        Ok(()) => Action::Pause,
+        // The host could not reply: let the request through rather than hang it.
+        Err(_) => Action::Continue,
     }
 }
 

@@ -17,7 +17,6 @@ use crate::metrics::{lease_counter, LeaseOutcome};
 use crate::rls;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::BufferType;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -25,10 +24,14 @@ use std::time::Duration;
 /// timeout answers it at the deadline, so only a call Envoy lost is still here by then.
 const CANCEL_GRACE_NS: u64 = 1_000_000_000;
 
-/// The calls this VM made that Envoy has not answered yet, by token.
+/// The calls this VM made that Envoy has not answered yet, with their tokens.
+///
+/// A `Vec`: only a few calls (about one per fleet limit) are ever pending, and std's `HashMap`
+/// would bring its random seeding (and the WASI error table its failure message formats) into
+/// the module: ~10 KB.
 #[derive(Default)]
 pub struct LeaseCalls {
-    pending: HashMap<u32, Pending>,
+    pending: Vec<(u32, Pending)>,
 }
 
 struct Pending {
@@ -68,7 +71,8 @@ impl LeaseCalls {
         ) {
             Ok(token) => {
                 let pending = Pending { config: Rc::clone(config), limit: call.limit, deadline_ns: call.deadline_ns };
-                self.pending.insert(token, pending);
+                self.pending.retain(|(t, _)| *t != token);
+                self.pending.push((token, pending));
             }
             // Envoy refused to make it (no such cluster, say): the call failed, now.
             Err(status) => {
@@ -88,7 +92,8 @@ impl LeaseCalls {
 
     /// Envoy's answer to call `token`: the message (`status_code` 0) or a gRPC error status.
     pub fn answered(&mut self, token: u32, status_code: u32, message_bytes: usize, now_ns: u64) {
-        let Some(call) = self.pending.remove(&token) else { return };
+        let Some(i) = self.pending.iter().position(|(t, _)| *t == token) else { return };
+        let (_, call) = self.pending.swap_remove(i);
         let message = match status_code {
             0 => hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, message_bytes)
                 .ok()
@@ -114,7 +119,7 @@ impl LeaseCalls {
 
     /// Cancels calls Envoy has not answered well past their deadline.
     fn cancel_lost(&mut self, now_ns: u64) {
-        self.pending.retain(|token, call| {
+        self.pending.retain(|(token, call)| {
             let lost = now_ns >= call.deadline_ns.saturating_add(CANCEL_GRACE_NS);
             if lost {
                 let _ = hostcalls::cancel_grpc_call(*token);

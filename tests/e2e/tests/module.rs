@@ -57,5 +57,5 @@ fn the_shipped_module_exports_exactly_the_listed_callbacks() {
     let exported = export_names(&wasm);
     assert_eq!(exported, listed, "{} against src/host/exports.txt", module.display());
     // The SDK exports more than surgeguard handles: pruning did happen.
-    assert!(!exported.contains("proxy_on_response_headers") && !exported.contains("proxy_on_grpc_receive"));
+    assert!(!exported.contains("proxy_on_response_headers") && !exported.contains("proxy_on_http_call_response"));
 }

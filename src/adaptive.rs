@@ -15,13 +15,15 @@
 //!    (log2) less twice its standard error is the signal `s`; `gradient = clamp(tolerance / 2^s,
 //!    0.5, 1)` (Gradient2's shape, with sampling noise taken out instead of smoothed in).
 //! 3. **Errors**: more than `error_share` of the window's outcomes upstream errors (and at least
-//!    `min_errors`): a cut by `error_cut`. Refusals by surgeguard are never errors.
+//!    `min_errors`): a cut by `1 - error share`, at most `error_cut` and at least `max_decrease`.
+//!    Refusals by surgeguard are never errors.
 //! 4. **L**: the smallest of the cuts applies (never below `max_decrease x L`); with no cut, L
 //!    grows by `max(1, growth x L)` only while the limit binds (refusals, or the peak in flight at
-//!    L) and the excess is under half the tolerance (log scale); not binding, L decays toward
+//!    L) and the excess is under `sqrt(tolerance)`; not binding, L decays toward
 //!    `headroom x peak in flight` by `idle_decay` a window; always within `[floor, ceiling]`.
 //! 5. **Baselines** (one per class, log2 microseconds) learn only from windows where the limit
-//!    does not bind and no error cut applies: down fast (half the gap, at most halving), up slowly
+//!    does not bind and no error cut applies, `min_samples` completions at a time (a rare class
+//!    gathers them over several windows): down fast (half the gap, at most halving), up slowly
 //!    (`baseline_up_weight` of the gap, at most `baseline_up_max_log2` a window). While the limit
 //!    binds they may only fall, and only by what exceeds the noise, so sustained load cannot
 //!    raise them.
@@ -30,10 +32,13 @@
 //!    down beyond noise, the excess is the database's own (it slowed, or something else loads it);
 //!    the baselines rise to the observed latency (at most `intrinsic_raise_max_log2` a window).
 //!    No probe ever pins concurrency low to find this out.
-//! 7. **Cold start**: the first window gives each class its baseline. A baseline first seen while
-//!    the limit binds is provisional: each binding window cuts by `descent_cut` until a cut stops
-//!    lowering latency (the knee is passed), a window does not bind, or L is at its floor; then it
-//!    is confirmed. A class first seen later is assumed to queue like the classes already known.
+//! 7. **Cold start and stale baselines**: a class seen with `min_samples` completions while the
+//!    limit binds, and no baseline yet, is assumed to queue like the classes already known (all of
+//!    its latency is its baseline if none is). Such a baseline is provisional, and so are baselines
+//!    that binding windows undercut by more than 10% beyond noise (the database got faster, or a
+//!    raise by rule 6 outlived its cause): each binding window then cuts by `descent_cut` until a
+//!    cut stops lowering latency (rule 6: the knee is passed), L reaches its floor, or a window
+//!    does not bind; the baselines follow latency down meanwhile.
 //!
 //! Invariants: L is finite and within `[floor, ceiling]` after every update; every step is
 //! within `[max_decrease x L, L + max(1, growth x L)]`; a baseline moves at most
@@ -45,8 +50,8 @@ use crate::ids::ClassId;
 pub const LOG2_FRACTION_BITS: u32 = 8;
 const LOG2_ONE: f64 = (1u64 << LOG2_FRACTION_BITS) as f64;
 
-/// `log2(latency_us)` in fixed point with [`LOG2_FRACTION_BITS`] fractional bits (within 0.01
-/// of the true value, i.e. 0.7% of the latency), integers only: cheap on the request path.
+/// `log2(latency_us)` in fixed point with [`LOG2_FRACTION_BITS`] fractional bits (within 0.015
+/// of the true value, i.e. 1% of the latency), integers only: cheap on the request path.
 /// 0 and 1 microsecond both map to 0.
 pub fn log2_q8(latency_us: u64) -> u32 {
     if latency_us <= 1 {
@@ -160,7 +165,7 @@ pub struct AdaptiveParams {
     pub ceiling: u32,
     /// The least L may be (default: `max(1, ceiling / 50)`).
     pub floor: u32,
-    /// Latency up to `tolerance x baseline` is not cut (default 1.4); L grows only below
+    /// Latency up to `tolerance x baseline` is not cut (default 1.25); L grows only below
     /// `sqrt(tolerance) x baseline`.
     pub tolerance: f64,
     /// The control window (default 200 ms).
@@ -172,9 +177,11 @@ pub struct AdaptiveParams {
     /// Error share above which L is cut (default 0.05), with at least `min_errors` (default 3).
     pub error_share: f64,
     pub min_errors: u64,
-    /// The cut on errors (default 0.9).
+    /// The mildest cut on errors (default 0.9): the cut is `1 - error share`, at most this and at
+    /// least `max_decrease`.
     pub error_cut: f64,
-    /// Fewer completions than this: no judgement on latency (default 8).
+    /// Fewer completions than this: no judgement on latency; a class learns its baseline from
+    /// at least this many (gathered over windows where the limit does not bind) (default 8).
     pub min_samples: u64,
     /// Not binding: L decays toward `headroom x peak in flight` (default 2.0) by `idle_decay`
     /// a window (default 0.98, i.e. 2%).
@@ -195,7 +202,7 @@ impl AdaptiveParams {
         AdaptiveParams {
             ceiling: ceiling.max(1),
             floor: (ceiling / 50).max(1),
-            tolerance: 1.4,
+            tolerance: 1.25,
             window_ms: 200,
             max_decrease: 0.5,
             growth: 0.1,
@@ -274,6 +281,9 @@ pub struct Controller {
     limit: f64,
     /// Per class: log2 microseconds; `None` until the class is first seen.
     baselines: Vec<Option<f64>>,
+    /// Per class: completions of windows where the limit did not bind, not yet learned from
+    /// (a class learns from `min_samples` at a time).
+    pending: Vec<ClassWindow>,
     /// False while the baselines come only from binding windows (rule 7).
     confirmed: bool,
     last_cut: Option<CutMark>,
@@ -285,6 +295,8 @@ const NOISE_Z: f64 = 2.0;
 const MIN_DROP_LOG2: f64 = 0.0704;
 /// Rule 6: the mean in flight must fall by this share for a cut to count as one.
 const CUT_SHARE: f64 = 0.1;
+/// Latency this far (log2 of 1.1) under the baselines, beyond noise, while binding: stale.
+const STALE_LOG2: f64 = 0.1375;
 
 impl Controller {
     /// A controller for `classes` classes with L at `initial` (clamped into `[floor, ceiling]`).
@@ -292,6 +304,7 @@ impl Controller {
         Controller {
             limit: f64::from(initial).clamp(params.floor_f(), params.ceiling_f()),
             baselines: vec![None; classes],
+            pending: vec![ClassWindow::default(); classes],
             confirmed: false,
             last_cut: None,
         }
@@ -322,6 +335,7 @@ impl Controller {
         }
         if self.baselines.len() < window.classes.len() {
             self.baselines.resize(window.classes.len(), None);
+            self.pending.resize(window.classes.len(), ClassWindow::default());
         }
         let binding = window.refused > 0 || window.peak_in_flight >= u64::from(from);
         let window_us = (params.window_ms.max(1) * 1_000) as f64;
@@ -329,11 +343,21 @@ impl Controller {
 
         // Errors (rule 3).
         let outcomes = completed + window.errors;
-        let errors_cut = window.errors >= params.min_errors
-            && window.errors as f64 > params.error_share * outcomes as f64;
+        let error_share = window.errors as f64 / outcomes.max(1) as f64;
+        let errors_cut = window.errors >= params.min_errors && error_share > params.error_share;
+        let error_factor = if errors_cut {
+            (1.0 - error_share).clamp(params.max_decrease.clamp(0.0, 1.0), params.error_cut.clamp(0.0, 1.0))
+        } else {
+            1.0
+        };
 
-        // Latency (rule 2), with new classes given their baselines first (rule 7).
+        // Latency (rule 2); a class first seen under load gets its baseline (rule 7).
         let mut judgement = (completed >= params.min_samples).then(|| self.judge(window));
+        if let (Some(j), true) = (judgement, binding || errors_cut) {
+            if self.adopt(window, j.excess, params) {
+                judgement = Some(self.judge(window));
+            }
+        }
         let mut baseline_raised = false;
         let mut descend = false;
         if let (Some(j), true) = (judgement, binding) {
@@ -346,7 +370,12 @@ impl Controller {
                 baseline_raised = self.raise_to(window, params.intrinsic_raise_max_log2);
                 self.confirmed = true;
                 judgement = Some(self.judge(window));
-            } else if !self.confirmed {
+            } else if j.excess < -(j.margin + STALE_LOG2) {
+                // Latency well under the baselines while binding: they are stale (the database
+                // got faster, or a raise by rule 6 outlived its cause): measure them again.
+                self.confirmed = false;
+            }
+            if !self.confirmed {
                 if self.limit <= params.floor_f() {
                     self.confirmed = true;
                 } else {
@@ -365,7 +394,7 @@ impl Controller {
         let mut cause = Cause::Held;
         for (f, c) in [
             (latency_factor, Cause::Latency),
-            (if errors_cut { params.error_cut } else { 1.0 }, Cause::Errors),
+            (error_factor, Cause::Errors),
             (if descend { params.descent_cut } else { 1.0 }, Cause::Descent),
         ] {
             if f < factor {
@@ -394,21 +423,14 @@ impl Controller {
         self.limit = if limit.is_finite() { limit.clamp(floor, ceiling) } else { old.clamp(floor, ceiling) };
 
         // Baselines (rule 5).
-        if let Some(j) = judgement {
-            self.learn(window, binding || errors_cut, params);
-            self.last_cut = (self.limit < old).then_some(CutMark { level_log2: j.level, mean_in_flight });
-            if !binding && !errors_cut {
-                self.confirmed = true;
-            }
-        } else {
-            self.last_cut = None;
-        }
+        self.learn(window, binding || errors_cut, params);
+        self.last_cut = judgement.filter(|_| self.limit < old).map(|j| CutMark { level_log2: j.level, mean_in_flight });
         Change { from, to: self.limit(), cause, baseline_raised }
     }
 
-    /// The window's latency against the baselines, mix-weighted. A class without a baseline gets
-    /// one here: the known classes' excess is assumed to apply to it too.
-    fn judge(&mut self, window: &WindowStats) -> Judgement {
+    /// The window's latency against the baselines, mix-weighted (classes without a baseline
+    /// are left out of the excess).
+    fn judge(&self, window: &WindowStats) -> Judgement {
         let (mut n_known, mut excess_sum) = (0.0, 0.0);
         let (mut n_all, mut level_sum, mut dev_sq) = (0.0, 0.0, 0.0);
         for (c, b) in window.classes.iter().zip(&self.baselines) {
@@ -425,35 +447,54 @@ impl Controller {
             }
         }
         let excess = if n_known > 0.0 { excess_sum / n_known } else { 0.0 };
-        for (c, b) in window.classes.iter().zip(self.baselines.iter_mut()) {
-            if c.completed > 0 && b.is_none() {
-                *b = Some(c.mean_log2() - excess);
-            }
-        }
         let n_all = n_all.max(1.0);
         let variance = dev_sq / n_all;
         Judgement { excess, margin: NOISE_Z * (variance / n_all).sqrt(), level: level_sum / n_all }
     }
 
-    /// Rule 5: learn from the window. `loaded`: the limit bound or errors were cut on; then a
-    /// baseline may only fall, by what exceeds its class's noise.
-    fn learn(&mut self, window: &WindowStats, loaded: bool, params: &AdaptiveParams) {
+    /// Rule 7: a class seen under load with enough samples and no baseline yet is assumed to
+    /// queue like the classes already known (`excess`; 0 when none is). Returns whether any was.
+    fn adopt(&mut self, window: &WindowStats, excess: f64, params: &AdaptiveParams) -> bool {
+        let mut adopted = false;
         for (c, b) in window.classes.iter().zip(self.baselines.iter_mut()) {
-            let Some(base) = b.as_mut() else { continue };
-            if c.completed < params.min_samples {
-                continue;
+            if b.is_none() && c.completed >= params.min_samples {
+                *b = Some(c.mean_log2() - excess);
+                adopted = true;
             }
-            let n = c.completed as f64;
-            let gap = c.mean_log2() - *base;
+        }
+        adopted
+    }
+
+    /// Rule 5: learn from the window. Not `loaded` (the limit did not bind, no error cut): the
+    /// window's completions join the class's pending ones, learned from once there are
+    /// `min_samples`. `loaded`: a baseline may only fall, by what exceeds its class's noise.
+    fn learn(&mut self, window: &WindowStats, loaded: bool, params: &AdaptiveParams) {
+        for ((c, b), pending) in window.classes.iter().zip(self.baselines.iter_mut()).zip(self.pending.iter_mut()) {
             if loaded {
-                let beyond_noise = gap + NOISE_Z * (c.deviations_sq() / n / n).sqrt();
+                let Some(base) = b.as_mut() else { continue };
+                if c.completed < params.min_samples {
+                    continue;
+                }
+                let n = c.completed as f64;
+                let beyond_noise = c.mean_log2() - *base + NOISE_Z * (c.deviations_sq() / n / n).sqrt();
                 if beyond_noise < 0.0 {
                     *base += (0.5 * beyond_noise).max(-1.0);
                 }
-            } else if gap < 0.0 {
-                *base += (0.5 * gap).max(-1.0);
-            } else {
-                *base += (params.baseline_up_weight * gap).min(params.baseline_up_max_log2);
+                continue;
+            }
+            pending.merge(c);
+            if pending.completed < params.min_samples.max(1) {
+                continue;
+            }
+            let observed = pending.mean_log2();
+            *pending = ClassWindow::default();
+            self.confirmed = true;
+            match b.as_mut() {
+                None => *b = Some(observed),
+                Some(base) if observed < *base => *base += (0.5 * (observed - *base)).max(-1.0),
+                Some(base) => {
+                    *base += (params.baseline_up_weight * (observed - *base)).min(params.baseline_up_max_log2)
+                }
             }
         }
     }

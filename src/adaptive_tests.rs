@@ -96,17 +96,19 @@ fn one_class_overload() -> Vec<ClassSpec> {
 #[derive(Clone, Copy, Default, Debug)]
 struct ClassOutcome {
     arrivals: u64,
-    served: u64,
+    /// Refused by the in-flight limit or failed by the database.
+    not_served: u64,
+    completed: u64,
     latency_us_sum: f64,
 }
 
 impl ClassOutcome {
     fn served_share(&self) -> f64 {
-        self.served as f64 / self.arrivals.max(1) as f64
+        1.0 - self.not_served as f64 / self.arrivals.max(1) as f64
     }
 
     fn mean_latency_ms(&self) -> f64 {
-        self.latency_us_sum / self.served.max(1) as f64 / 1_000.0
+        self.latency_us_sum / self.completed.max(1) as f64 / 1_000.0
     }
 }
 
@@ -171,6 +173,8 @@ struct Sim {
     free: Vec<usize>,
     next_arrival_us: Vec<f64>,
     multiplier: Vec<f64>,
+    /// Every class's latency reported as the first class's (one pooled baseline).
+    pooled: bool,
 }
 
 impl Sim {
@@ -190,6 +194,7 @@ impl Sim {
             running: BinaryHeap::new(),
             slots: Vec::new(),
             free: Vec::new(),
+            pooled: false,
         };
         sim.reschedule_all();
         sim
@@ -263,9 +268,9 @@ impl Sim {
                         let (class, start_us) = self.slots[slot];
                         self.free.push(slot);
                         let latency_us = self.now_us - start_us;
-                        window.record_completed(ClassId(class), latency_us as u64);
+                        window.record_completed(ClassId(if self.pooled { 0 } else { class }), latency_us as u64);
                         let o = &mut phase.classes[class];
-                        o.served += 1;
+                        o.completed += 1;
                         o.latency_us_sum += latency_us;
                     }
                     continue;
@@ -276,12 +281,14 @@ impl Sim {
                 let in_flight = self.in_db() as u64;
                 if in_flight + 1 > u64::from(maxima[c]) {
                     window.refused += 1; // surgeguard's refusal: demand, never an error
+                    phase.classes[c].not_served += 1;
                     continue;
                 }
                 window.record_admitted(in_flight + 1);
                 if self.in_db() >= self.db.queue_bound || self.rng.uniform() <= self.db.fail_share {
                     window.errors += 1;
                     phase.errors += 1;
+                    phase.classes[c].not_served += 1;
                     continue;
                 }
                 let work_us =
@@ -324,7 +331,7 @@ fn within(limit: u32, best: f64, share: f64) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn log2_in_fixed_point_is_within_a_hundredth_everywhere() {
+fn log2_in_fixed_point_is_within_fifteen_thousandths_everywhere() {
     let mut worst: f64 = 0.0;
     let mut x = 2u64;
     while x < 1 << 40 {
@@ -333,7 +340,7 @@ fn log2_in_fixed_point_is_within_a_hundredth_everywhere() {
         worst = worst.max((exact - got).abs());
         x = x + x / 7 + 1;
     }
-    assert!(worst < 0.01, "worst error {worst}");
+    assert!(worst < 0.015, "worst error {worst}");
     assert_eq!(log2_q8(0), 0);
     assert_eq!(log2_q8(1), 0);
     assert_eq!(log2_q8(1024), 10 * 256);
@@ -424,11 +431,13 @@ fn refusals_are_demand_not_errors_the_limit_grows_by_at_most_a_tenth() {
 }
 
 #[test]
-fn upstream_errors_past_their_share_cut_the_limit_by_a_tenth() {
+fn upstream_errors_past_their_share_cut_the_limit_by_their_share_at_least_a_tenth() {
     let p = params();
     let mut c = learned(40, &p);
     let change = c.update(&steady_window(40, 10_000, 100, 0, 10), &p);
-    assert_eq!((change.to, change.cause), (36, Cause::Errors));
+    assert_eq!((change.to, change.cause), (36, Cause::Errors), "10 in 110: the mildest cut");
+    let change = c.update(&steady_window(40, 10_000, 100, 0, 100), &p);
+    assert_eq!((change.to, change.cause), (18, Cause::Errors), "half the outcomes: halved");
     let mut c = learned(40, &p);
     let change = c.update(&steady_window(40, 10_000, 100, 0, 2), &p);
     assert_ne!(change.cause, Cause::Errors, "2 errors in 102 is under the threshold");
@@ -440,8 +449,8 @@ fn latency_past_tolerance_cuts_by_the_gradient_and_never_below_half() {
     let mut c = learned(40, &p);
     let change = c.update(&steady_window(40, 20_000, 200, 100, 0), &p);
     assert_eq!(change.cause, Cause::Latency);
-    // 2x the baseline against a tolerance of 1.5: about 0.75 (less the noise margin's share).
-    assert!((29..=32).contains(&change.to), "{change:?}");
+    // 2x the baseline against a tolerance of 1.25: about 0.625 (a little more: the noise margin).
+    assert!((25..=27).contains(&change.to), "{change:?}");
     let mut c = learned(40, &p);
     assert_eq!(c.update(&steady_window(40, 100_000, 200, 100, 0), &p).to, 20);
 }
@@ -531,11 +540,11 @@ fn check_surge(m: f64, seed: u64) {
     let latency_ratio = critical.mean_latency_ms() / calm.classes[0].mean_latency_ms();
     let last = surge.limits()[surge.trace.len() - 1];
     eprintln!(
-        "{m}x surge: checkout {:.2}% served ({}/{}), latency {:.1} ms vs {:.1} ms calm ({latency_ratio:.2}x); \
+        "{m}x surge: checkout {:.2}% served ({} of {} not), latency {:.1} ms vs {:.1} ms calm ({latency_ratio:.2}x); \
          served by class {served:.1?}; L at surge start {}, final {last}; database mean in flight {:.1} (k = {K}); \
          upstream errors {}",
         served[0],
-        critical.served,
+        critical.not_served,
         critical.arrivals,
         critical.mean_latency_ms(),
         calm.classes[0].mean_latency_ms(),
@@ -615,32 +624,37 @@ fn the_baseline_does_not_creep_up_under_sustained_binding_load() {
     assert!(baseline_max <= 1.05 * baseline_calm);
 }
 
-#[test]
-fn a_slow_class_growing_its_share_is_not_mistaken_for_queueing() {
-    // Fast (10 ms) and slow (60 ms) requests, no reserves; overloaded throughout.
+/// Fast (10 ms) and slow (60 ms) requests, no reserves: calm, then overloaded with 5% slow
+/// requests, then with 60% (still about 2x capacity). Returns the mean L before the change and
+/// the least L after it.
+fn mix_change(pooled: bool) -> (f64, u32, f64, f64) {
     let classes = vec![
         ClassSpec { reserve: 0.0, rate_per_s: 1_000.0, work_ms: 10.0 },
         ClassSpec { reserve: 0.0, rate_per_s: 100.0, work_ms: 60.0 },
     ];
     let mut sim = Sim::new(7, classes, db(), 160);
+    sim.pooled = pooled;
     sim.set_rates(&[0.3, 0.3]);
     sim.run(50); // calm: both classes' baselines
     sim.set_rates(&[2.0, 1.0]);
     let before = sim.run(100);
-    // The slow class's share of requests from 5% to 60%; still about 2x capacity.
     sim.set_rates(&[0.4, 6.0]);
     let after = sim.run(100);
-    let mean = |p: &Phase| p.limits().iter().map(|&l| f64::from(l)).sum::<f64>() / p.trace.len() as f64;
+    let mean = before.limits().iter().map(|&l| f64::from(l)).sum::<f64>() / before.trace.len() as f64;
     let min_after = after.limits().iter().min().copied().unwrap_or(0);
+    (mean, min_after, before.mean_in_flight(50), after.mean_in_flight(50))
+}
+
+#[test]
+fn a_slow_class_growing_its_share_is_not_mistaken_for_queueing() {
+    let (mean, min_after, in_flight_before, in_flight_after) = mix_change(false);
+    let (pooled_mean, pooled_min, _, _) = mix_change(true);
     eprintln!(
-        "slow class 5% -> 60% of requests: mean L {:.1} before, {:.1} after (min {min_after}); database mean in flight \
-         {:.1} -> {:.1}",
-        mean(&before),
-        mean(&after),
-        before.mean_in_flight(50),
-        after.mean_in_flight(50)
+        "slow class 5% -> 60% of requests: mean L {mean:.1} before, min {min_after} after; database mean in flight \
+         {in_flight_before:.1} -> {in_flight_after:.1}; with one pooled baseline instead: {pooled_mean:.1} -> min {pooled_min}"
     );
-    assert!(f64::from(min_after) >= 0.7 * mean(&before), "{:?}", after.limits());
+    assert!(f64::from(min_after) >= 0.7 * mean, "per-class baselines: no collapse");
+    assert!(f64::from(pooled_min) < 0.7 * pooled_mean, "the test tells: one pooled baseline would collapse");
 }
 
 #[test]
@@ -659,13 +673,4 @@ fn a_failing_upstream_cuts_the_limit_and_refusals_never_do() {
     );
     assert!(f64::from(l_min) <= 0.5 * f64::from(l_before));
     assert_eq!(latency_cuts, 0, "refusals are not errors");
-}
-
-#[test]
-fn debug_trace() {
-    let mut sim = Sim::new(1, one_class_overload(), db(), 160);
-    let run = sim.run(60);
-    for t in &run.trace {
-        eprintln!("{t:?} {:?}", sim.controller.confirmed());
-    }
 }

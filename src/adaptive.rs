@@ -19,7 +19,7 @@
 //!    Refusals by surgeguard are never errors.
 //! 4. **L**: the smallest of the cuts applies (never below `max_decrease x L`); with no cut, L
 //!    grows by `max(1, growth x L)` only while the limit binds (refusals, or the peak in flight at
-//!    L) and the excess is under `sqrt(tolerance)`; not binding, L decays toward
+//!    L) and the excess is under `grow_tolerance`; not binding, L decays toward
 //!    `headroom x peak in flight` by `idle_decay` a window; always within `[floor, ceiling]`.
 //! 5. **Baselines** (one per class, log2 microseconds) learn only from windows where the limit
 //!    does not bind and no error cut applies, `min_samples` completions at a time (a rare class
@@ -165,9 +165,11 @@ pub struct AdaptiveParams {
     pub ceiling: u32,
     /// The least L may be (default: `max(1, ceiling / 50)`).
     pub floor: u32,
-    /// Latency up to `tolerance x baseline` is not cut (default 1.25); L grows only below
-    /// `sqrt(tolerance) x baseline`.
+    /// Latency up to `tolerance x baseline` is not cut (default 1.25).
     pub tolerance: f64,
+    /// L grows (while binding) only with latency up to `grow_tolerance x baseline` (default
+    /// 1.08; at most `tolerance`). Between the two, L holds: the band keeps it from hunting.
+    pub grow_tolerance: f64,
     /// The control window (default 200 ms).
     pub window_ms: u64,
     /// The most one window may cut: L never below `max_decrease x L` (default 0.5).
@@ -203,6 +205,7 @@ impl AdaptiveParams {
             ceiling: ceiling.max(1),
             floor: (ceiling / 50).max(1),
             tolerance: 1.25,
+            grow_tolerance: 1.08,
             window_ms: 200,
             max_decrease: 0.5,
             growth: 0.1,
@@ -409,7 +412,8 @@ impl Controller {
         if factor < 1.0 {
             limit = old * factor.max(params.max_decrease.clamp(0.0, 1.0));
         } else if binding {
-            if judgement.is_some_and(|j| j.excess <= tolerance_log2 / 2.0) && self.confirmed {
+            let grow_log2 = params.grow_tolerance.clamp(1.0, params.tolerance.max(1.0)).log2();
+            if judgement.is_some_and(|j| j.excess <= grow_log2) && self.confirmed {
                 limit = old + (params.growth.max(0.0) * old).max(1.0);
                 cause = Cause::Grew;
             }

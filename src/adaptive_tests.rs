@@ -488,30 +488,36 @@ fn every_step_is_bounded_whatever_the_window_says() {
 // The simulated upstream.
 // ---------------------------------------------------------------------------------------------
 
+/// Over three seeds: the latest window from which L stays within 30% of k, and the final Ls.
+fn converge(initial: u32) -> (Option<usize>, Vec<u32>, Vec<u32>) {
+    let mut worst = Some(0);
+    let mut finals = Vec::new();
+    let mut first_run = Vec::new();
+    for seed in 1..=3 {
+        let mut sim = Sim::new(seed, one_class_overload(), db(), initial);
+        let run = sim.run(150);
+        let settled = run.settled_from(0.7 * K, 1.3 * K);
+        worst = worst.zip(settled).map(|(a, b)| a.max(b));
+        finals.push(run.limits()[run.trace.len() - 1]);
+        if seed == 1 {
+            first_run = run.limits()[..30].to_vec();
+        }
+    }
+    (worst, finals, first_run)
+}
+
 #[test]
 fn from_the_ceiling_with_no_baseline_it_converges_near_the_knee() {
-    let mut sim = Sim::new(1, one_class_overload(), db(), 160);
-    let run = sim.run(150);
-    let settled = run.settled_from(0.7 * K, 1.3 * K);
-    let last = run.limits()[run.trace.len() - 1];
-    eprintln!(
-        "from the ceiling (160, k = {K}): within 30% of k from window {settled:?}; final L {last}; L: {:?}",
-        &run.limits()[..40]
-    );
-    assert!(settled.is_some_and(|w| w <= 30), "settled from {settled:?}: {:?}", run.limits());
+    let (settled, finals, first) = converge(160);
+    eprintln!("from the ceiling (160, k = {K}): within 30% of k from window {settled:?} (worst of 3 seeds); final L {finals:?}; L (seed 1): {first:?}");
+    assert!(settled.is_some_and(|w| w <= 30), "settled from {settled:?}");
 }
 
 #[test]
 fn from_the_floor_it_converges_near_the_knee() {
-    let mut sim = Sim::new(2, one_class_overload(), db(), 1);
-    let run = sim.run(150);
-    let settled = run.settled_from(0.7 * K, 1.3 * K);
-    let last = run.limits()[run.trace.len() - 1];
-    eprintln!(
-        "from the floor (3, k = {K}): within 30% of k from window {settled:?}; final L {last}; L: {:?}",
-        &run.limits()[..40]
-    );
-    assert!(settled.is_some_and(|w| w <= 30), "settled from {settled:?}: {:?}", run.limits());
+    let (settled, finals, first) = converge(1);
+    eprintln!("from the floor (3, k = {K}): within 30% of k from window {settled:?} (worst of 3 seeds); final L {finals:?}; L (seed 1): {first:?}");
+    assert!(settled.is_some_and(|w| w <= 30), "settled from {settled:?}");
 }
 
 #[test]
@@ -595,9 +601,10 @@ fn noisy_latency_never_drives_the_limit_to_the_floor() {
     let mut sim = Sim::new(5, one_class_overload(), Db { cv: 0.5, ..db() }, 160);
     let run = sim.run(300);
     let min_after = run.limits()[30..].iter().min().copied().unwrap_or(0);
+    let max_after = run.limits()[30..].iter().max().copied().unwrap_or(0);
     let settled = run.settled_from(0.7 * K, 1.3 * K);
     eprintln!(
-        "latency noise cv 0.5: min L after window 30 {min_after} (floor {}), within 30% of k from window {settled:?}, \
+        "latency noise cv 0.5: L after window 30 within {min_after}..={max_after} (floor {}), within 30% of k from window {settled:?}, \
          max/min over the last 200 windows {:.2}",
         params().floor,
         run.variation(200)

@@ -17,12 +17,15 @@
 //! - [`response`], [`metrics`]: what the client and the operator see;
 //! - [`lease`]: fleet-wide limits: tokens leased from a rate limit service in blocks and spent
 //!   locally; [`rls`]: that service's messages; [`fleet`]: leases in shared data (the tick's
-//!   calls, the answers).
+//!   calls, the answers);
+//! - [`adaptive`]: the adaptive in-flight limit's controller: L from the database's latency and
+//!   errors, window by window, and the per-class maxima it gives.
 //!
 //! A new mechanism (an adaptive in-flight limit) gets its own module here, pure and on time
 //! passed in, keeping its shared state through `store::update`; its host glue goes beside
 //! `host/http.rs`.
 
+pub mod adaptive;
 pub mod bucket;
 pub mod classify;
 pub mod config;

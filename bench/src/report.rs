@@ -286,6 +286,15 @@ fn profile(r: &Results) -> String {
         let list: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "\nsurgeguard's host calls per request: {}.", list.join(", "));
     }
+    if let Some(m) = p.surgeguard_fleet.costs.per_request["host_calls"].as_object() {
+        let list: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            out,
+            "\nWith the global limit fleet-wide (its first lease granted by the profiler before the requests; the limit in fleet mode): {}. \
+             Lease calls are made on the root's tick (every 20 ms with a fleet limit), not per request.",
+            list.join(", ")
+        );
+    }
     out
 }
 

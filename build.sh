@@ -200,7 +200,7 @@ case "$cmd" in
     build; ensure_envoy
     cargo run -q --release -p surgeguard-demo --bin demo -- "$@" ;;
   bench)
-    build; ensure_envoy
+    build; ensure_envoy; ensure_rls
     "$ROOT"/bench/ensure-tools.sh
     cargo run -q --release -p surgeguard-bench --bin bench -- "$@" ;;
   oci)

@@ -5,7 +5,7 @@
 //! The same bucket is given to surgeguard (`tokens_per_second`, `burst`) and to Envoy's native
 //! local_ratelimit (`max_tokens`, refilled every 50 ms), both on a direct_response route.
 
-use crate::arms::{bootstrap, Filter, Variant};
+use crate::arms::{bootstrap, Filter, Ports, Variant};
 use crate::envoy_stats::per_worker;
 use crate::oha::{self, OhaReport, OhaRun};
 use crate::stats::round_to;
@@ -182,7 +182,7 @@ fn start(a: &AccuracyRun, which: &str) -> Result<Envoy, String> {
     } else {
         Filter::NativeBucket { tokens_per_s: RATE_PER_S, burst: BURST }
     };
-    let yaml = bootstrap(&filter, Variant::DirectResponse, 0);
+    let yaml = bootstrap(&filter, Variant::DirectResponse, Ports::default(), false);
     let opts = Options {
         concurrency: WORKERS,
         cpu_list: Some("0,1".into()),

@@ -1,4 +1,4 @@
-//! The four arms and two route variants, as Envoy bootstraps.
+//! The five arms and two route variants, as Envoy bootstraps.
 //!
 //! Every arm is the same Envoy listener with the same route; only the HTTP filter in front of
 //! the router differs:
@@ -9,13 +9,19 @@
 //! - `surgeguard`: the demo's configuration (`envoy/storefront.json`: classes, rules, a global
 //!   bucket, an in-flight limit) as `bench/configs/storefront-admit-all.json`, sized so that
 //!   every request is admitted: the arm pays every check and no refusal. The contract's fuller
-//!   example (two keyed limits more) is `bench/configs/contract-admit-all.json`, profiled too.
+//!   example (two keyed limits more) is `bench/configs/contract-admit-all.json`, profiled too;
+//! - `surgeguard_fleet`: the same module and configuration with its global limit fleet-wide
+//!   ([`fleet_configuration`]): tokens leased from a real rate limit service (Redis and
+//!   `surgeguard-rls`, whose limit, [`fleet_limits_yaml`], is far above any load), so the arm
+//!   shows what leasing costs per request over the local limit.
 //!
 //! Variants: `direct_response` (Envoy answers itself: the filter's cost dominates, the worst
 //! case) and `upstream` (proxied to a local upstream, as in production).
 
+use serde_json::{json, Value};
 use std::path::Path;
 use surgeguard_harness::envoy::{bootstrap_yaml, json_string, upstream_cluster_yaml};
+use surgeguard_harness::rls::rls_cluster_yaml;
 
 /// The surgeguard arm's plugin configuration.
 pub const STOREFRONT_ADMIT_ALL: &str = include_str!("../configs/storefront-admit-all.json");
@@ -37,9 +43,11 @@ pub enum Arm {
     NativeLocalRatelimit,
     EmptyWasm,
     Surgeguard,
+    SurgeguardFleet,
 }
 
-pub const ARMS: [Arm; 4] = [Arm::NoFilter, Arm::NativeLocalRatelimit, Arm::EmptyWasm, Arm::Surgeguard];
+pub const ARMS: [Arm; 5] =
+    [Arm::NoFilter, Arm::NativeLocalRatelimit, Arm::EmptyWasm, Arm::Surgeguard, Arm::SurgeguardFleet];
 
 impl Arm {
     /// The name in `results.json`.
@@ -49,7 +57,13 @@ impl Arm {
             Arm::NativeLocalRatelimit => "native_local_ratelimit",
             Arm::EmptyWasm => "empty_wasm",
             Arm::Surgeguard => "surgeguard",
+            Arm::SurgeguardFleet => "surgeguard_fleet",
         }
+    }
+
+    /// Whether its Envoy needs the rate limit service's cluster.
+    pub fn leases(self) -> bool {
+        self == Arm::SurgeguardFleet
     }
 }
 
@@ -84,8 +98,17 @@ pub enum Filter<'a> {
     },
 }
 
+/// What the arms' filters are made of.
+pub struct FilterInputs<'a> {
+    pub surgeguard: &'a Path,
+    pub empty: &'a Path,
+    /// [`fleet_configuration`].
+    pub fleet_configuration: &'a str,
+}
+
 impl Arm {
-    pub fn filter<'a>(self, surgeguard: &'a Path, empty: &'a Path) -> Filter<'a> {
+    pub fn filter<'a>(self, m: &FilterInputs<'a>) -> Filter<'a> {
+        let (surgeguard, empty) = (m.surgeguard, m.empty);
         match self {
             Arm::NoFilter => Filter::None,
             Arm::NativeLocalRatelimit => {
@@ -95,8 +118,57 @@ impl Arm {
             Arm::Surgeguard => {
                 Filter::Wasm { module: surgeguard, root_id: "surgeguard", configuration: Some(STOREFRONT_ADMIT_ALL) }
             }
+            Arm::SurgeguardFleet => {
+                Filter::Wasm { module: surgeguard, root_id: "surgeguard", configuration: Some(m.fleet_configuration) }
+            }
         }
     }
+}
+
+/// The fleet arm's rate limit service: its Envoy cluster and domain (Limitador's namespace).
+pub const FLEET_CLUSTER: &str = "ratelimit";
+pub const FLEET_DOMAIN: &str = "surgeguard_bench";
+/// One Envoy per arm and variant: should the service fail, each would admit the whole limit
+/// (still far above the load), and the fleet-mode check would catch it.
+pub const FLEET_LOCAL_SHARE: f64 = 1.0;
+
+/// The surgeguard arm's configuration with its global limit fleet-wide, nothing else changed.
+pub fn fleet_configuration() -> Result<String, String> {
+    let mut v: Value =
+        serde_json::from_str(STOREFRONT_ADMIT_ALL).map_err(|e| format!("storefront configuration: {e}"))?;
+    let limits = v["limits"].as_array_mut().ok_or("storefront configuration: no limits")?;
+    let mut global = limits.iter_mut().filter(|l| l["key"] == "global");
+    let (Some(limit), None) = (global.next(), global.next()) else {
+        return Err("storefront configuration: the fleet arm needs exactly one global limit".into());
+    };
+    limit["fleet"] = json!({ "cluster": FLEET_CLUSTER, "domain": FLEET_DOMAIN, "local_share": FLEET_LOCAL_SHARE });
+    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
+}
+
+/// Limitador's limits file for a configuration's fleet limits, written as the README says: a
+/// limit of `tokens_per_second` T and `burst` B is B hits per B / T seconds, for the descriptor
+/// surgeguard sends by default (`surgeguard_limit=<name>`).
+pub fn fleet_limits_yaml(configuration: &str) -> Result<String, String> {
+    let v: Value = serde_json::from_str(configuration).map_err(|e| format!("fleet configuration: {e}"))?;
+    let mut out = String::new();
+    for l in v["limits"].as_array().into_iter().flatten().filter(|l| l.get("fleet").is_some()) {
+        let (Some(name), Some(domain), Some(rate), Some(burst)) =
+            (l["name"].as_str(), l["fleet"]["domain"].as_str(), l["tokens_per_second"].as_u64(), l["burst"].as_u64())
+        else {
+            return Err(format!("fleet limit without name, domain, whole tokens_per_second or burst: {l}"));
+        };
+        if rate == 0 || burst % rate != 0 {
+            return Err(format!("fleet limit {name}: burst / tokens_per_second must be whole seconds"));
+        }
+        out += &format!(
+            "- namespace: {domain}\n  max_value: {burst}\n  seconds: {}\n  conditions: [\"descriptors[0].surgeguard_limit == '{name}'\"]\n  variables: []\n",
+            burst / rate
+        );
+    }
+    if out.is_empty() {
+        return Err("fleet configuration: no fleet limit".into());
+    }
+    Ok(out)
 }
 
 /// Native local_ratelimit refills every 50 ms (its finest interval): tokens per fill.
@@ -151,17 +223,36 @@ fn filter_yaml(f: &Filter) -> String {
     }
 }
 
-/// A bootstrap: admin and listener on port 0, one route (direct or to `upstream_port`).
-pub fn bootstrap(filter: &Filter, variant: Variant, upstream_port: u16) -> String {
+/// Where an arm's clusters point (0: not running).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ports {
+    pub upstream: u16,
+    pub rate_limit_service: u16,
+}
+
+/// A bootstrap: admin and listener on port 0, one route (direct or to the upstream), and the
+/// rate limit service's cluster for an arm that leases.
+pub fn bootstrap(filter: &Filter, variant: Variant, ports: Ports, leases: bool) -> String {
     let route = match variant {
         Variant::DirectResponse => r#"direct_response: { status: 200, body: { inline_string: "ok\n" } }"#.to_string(),
         Variant::Upstream => "route: { cluster: upstream, timeout: 15s }".to_string(),
     };
-    let clusters = match variant {
+    let mut clusters = match variant {
         Variant::DirectResponse => String::new(),
-        Variant::Upstream => upstream_cluster_yaml(upstream_port),
+        Variant::Upstream => upstream_cluster_yaml(ports.upstream),
     };
+    if leases {
+        if clusters.is_empty() {
+            clusters = "  clusters:\n".into();
+        }
+        clusters += &rls_cluster_yaml(FLEET_CLUSTER, ports.rate_limit_service);
+    }
     bootstrap_yaml("bench", "", &route, &filter_yaml(filter), &clusters)
+}
+
+/// One arm's bootstrap.
+pub fn arm_bootstrap(arm: Arm, variant: Variant, m: &FilterInputs, ports: Ports) -> String {
+    bootstrap(&arm.filter(m), variant, ports, arm.leases())
 }
 
 #[cfg(test)]
@@ -171,16 +262,16 @@ mod tests {
     #[test]
     fn every_arm_has_a_distinct_results_key() {
         let keys: Vec<_> = ARMS.iter().map(|a| a.key()).collect();
-        assert_eq!(keys, ["no_filter", "native_local_ratelimit", "empty_wasm", "surgeguard"]);
+        assert_eq!(keys, ["no_filter", "native_local_ratelimit", "empty_wasm", "surgeguard", "surgeguard_fleet"]);
+    }
+
+    fn inputs(fleet_configuration: &str) -> FilterInputs<'_> {
+        FilterInputs { surgeguard: Path::new("/x/s.wasm"), empty: Path::new("/x/e.wasm"), fleet_configuration }
     }
 
     #[test]
     fn the_surgeguard_arm_carries_the_storefront_configuration_as_a_string() {
-        let y = bootstrap(
-            &Arm::Surgeguard.filter(Path::new("/x/s.wasm"), Path::new("/x/e.wasm")),
-            Variant::DirectResponse,
-            0,
-        );
+        let y = arm_bootstrap(Arm::Surgeguard, Variant::DirectResponse, &inputs(""), Ports::default());
         assert!(y.contains(r#"filename: "/x/s.wasm""#));
         assert!(y.contains("root_id: surgeguard"));
         assert!(y.contains(r#"value: "{\n  \"mode\": \"enforce\""#));
@@ -190,16 +281,17 @@ mod tests {
 
     #[test]
     fn the_native_arm_refills_its_bucket_every_50_ms() {
-        let y = bootstrap(&Filter::NativeBucket { tokens_per_s: 500, burst: 1000 }, Variant::Upstream, 4242);
+        let ports = Ports { upstream: 4242, rate_limit_service: 0 };
+        let y = bootstrap(&Filter::NativeBucket { tokens_per_s: 500, burst: 1000 }, Variant::Upstream, ports, false);
         assert!(y.contains("token_bucket: { max_tokens: 1000, tokens_per_fill: 25, fill_interval: 0.050s }"));
         assert!(y.contains("port_value: 4242"));
     }
 
     #[test]
     fn the_empty_arm_has_no_configuration_and_no_filter_arm_only_the_router() {
-        let empty = bootstrap(&Arm::EmptyWasm.filter(Path::new("s"), Path::new("e")), Variant::DirectResponse, 0);
+        let empty = arm_bootstrap(Arm::EmptyWasm, Variant::DirectResponse, &inputs(""), Ports::default());
         assert!(empty.contains("root_id: empty") && !empty.contains("StringValue"));
-        let none = bootstrap(&Filter::None, Variant::DirectResponse, 0);
+        let none = arm_bootstrap(Arm::NoFilter, Variant::DirectResponse, &inputs(""), Ports::default());
         assert!(!none.contains("wasm") && !none.contains("local_ratelimit"));
         assert!(none.contains("envoy.filters.http.router"));
     }
@@ -226,5 +318,45 @@ mod tests {
             assert!(l["tokens_per_second"].as_u64().unwrap() >= ADMIT_ALL_TOKENS_PER_S);
         }
         assert!(v["concurrency"]["max_in_flight"].as_u64().unwrap() >= 10_000);
+    }
+
+    #[test]
+    fn the_fleet_arm_runs_the_surgeguard_configuration_with_its_global_limit_fleet_wide() {
+        let fleet: serde_json::Value = serde_json::from_str(&fleet_configuration().unwrap()).unwrap();
+        let mut local: serde_json::Value = serde_json::from_str(STOREFRONT_ADMIT_ALL).unwrap();
+        assert_eq!(
+            fleet["limits"][0]["fleet"],
+            serde_json::json!({"cluster": "ratelimit", "domain": "surgeguard_bench", "local_share": 1.0})
+        );
+        local["limits"][0]["fleet"] = fleet["limits"][0]["fleet"].clone();
+        assert_eq!(fleet, local, "nothing else differs");
+    }
+
+    #[test]
+    fn the_fleet_arm_reaches_the_service_through_its_own_http2_cluster_in_both_variants() {
+        let ports = Ports { upstream: 4242, rate_limit_service: 5353 };
+        let inputs = inputs("{\"fleet\": 1}");
+        for variant in [Variant::DirectResponse, Variant::Upstream] {
+            let y = arm_bootstrap(Arm::SurgeguardFleet, variant, &inputs, ports);
+            assert_eq!(y.matches("  clusters:\n").count(), 1, "{y}");
+            assert!(
+                y.contains("- name: ratelimit")
+                    && y.contains("port_value: 5353")
+                    && y.contains("http2_protocol_options")
+            );
+            assert!(y.contains(r#"value: "{\"fleet\": 1}""#));
+        }
+        let local = arm_bootstrap(Arm::Surgeguard, Variant::Upstream, &inputs, ports);
+        assert!(!local.contains("ratelimit"));
+    }
+
+    #[test]
+    fn the_services_limit_is_the_fleet_limit_and_far_above_any_load() {
+        let yaml = fleet_limits_yaml(&fleet_configuration().unwrap()).unwrap();
+        assert_eq!(
+            yaml,
+            "- namespace: surgeguard_bench\n  max_value: 1000000\n  seconds: 1\n  conditions: [\"descriptors[0].surgeguard_limit == 'storefront'\"]\n  variables: []\n"
+        );
+        assert!(fleet_limits_yaml(STOREFRONT_ADMIT_ALL).is_err(), "a configuration without a fleet limit");
     }
 }

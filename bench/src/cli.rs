@@ -4,7 +4,8 @@
 pub const USAGE: &str = "\
 usage: ./build.sh bench [--rounds N] [--duration SECONDS] [--quick] [OPTIONS]
 
-Four arms (no_filter, native_local_ratelimit, empty_wasm, surgeguard), alternating in every
+Five arms (no_filter, native_local_ratelimit, empty_wasm, surgeguard, and surgeguard_fleet: its
+global limit leased from a Redis and surgeguard-rls started for the run), alternating in every
 round, on a direct_response route and on a route to an upstream. Writes dist/bench/results.json
 and dist/bench/report.md.
 

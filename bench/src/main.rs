@@ -1,10 +1,12 @@
 //! `./build.sh bench`: surgeguard's cost per request against Envoy with no filter, Envoy's
-//! native local_ratelimit and an empty Rust proxy-wasm filter, measured in one interleaved run;
-//! plus module size, Envoy start-up time and an accuracy run. Writes `dist/bench/results.json`
+//! native local_ratelimit and an empty Rust proxy-wasm filter, and with its global limit
+//! fleet-wide (leased from a real rate limit service), measured in one interleaved run; plus
+//! module size, Envoy start-up time and an accuracy run. Writes `dist/bench/results.json`
 //! (schema: the benchmark section of the contract) and `dist/bench/report.md`.
 //!
 //! Needs: `dist/surgeguard.wasm` (`./build.sh`), an Envoy (`ENVOY_BIN`, as `./build.sh`
-//! provides), and wrk, taskset and `.tools/bin/oha` (`bench/ensure-tools.sh`). Every process it
+//! provides), wrk, taskset and `.tools/bin/oha` (`bench/ensure-tools.sh`), and redis-server and
+//! surgeguard-rls (`REDIS_SERVER_BIN`, `SURGEGUARD_RLS_BIN`: `./build.sh bench` provides them). Every process it
 //! starts is stopped when it ends, on error and on Ctrl-C too.
 
 mod accuracy;
@@ -13,6 +15,7 @@ mod build_profile;
 mod cli;
 mod empty_filter;
 mod envoy_stats;
+mod fleet;
 mod machine;
 mod oha;
 mod prices;
@@ -95,11 +98,15 @@ fn on_path(cmd: &str) -> bool {
 /// The run, phase by phase: each returns what the next ones or the results need.
 fn bench(s: &cli::Settings, command: &str) -> Result<(), String> {
     let started = Instant::now();
-    let setup = prepare(s)?;
+    let mut setup = prepare(s)?;
     let profile = request_path_profile(s, &setup)?;
     // From here on, this process and every thread it starts (the upstream) stay on the load
     // generator's core; Envoys and load generators are pinned explicitly.
     procs::pin_this_process(&[1])?;
+    // Started after pinning, so Redis and the service inherit the load generator's core; they
+    // run until the bench ends (dropped last).
+    let service = start_rate_limit_service(&setup.modules.fleet_configuration)?;
+    setup.modules.rate_limit_service_port = service.rls.port();
     let startup = measure_startup(s, &setup.modules)?;
     let runs = measure_arms(s, &setup.modules)?;
     let prices = measure_prices(s, setup.probe.as_ref())?;
@@ -132,7 +139,16 @@ fn bench(s: &cli::Settings, command: &str) -> Result<(), String> {
     println!("{markdown}");
     let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
     say(&format!("wrote {} in {:.0} s", names.join(" and "), started.elapsed().as_secs_f64()));
+    drop(service);
     Ok(())
+}
+
+/// Redis and surgeguard-rls, with the fleet arm's limit.
+fn start_rate_limit_service(fleet_configuration: &str) -> Result<fleet::Service, String> {
+    say("starting Redis and the rate limit service (surgeguard-rls) for the fleet arm");
+    let service = fleet::Service::start(fleet_configuration)?;
+    eprintln!("    Redis on port {}, surgeguard-rls on port {}", service.redis.port(), service.rls.port());
+    Ok(service)
 }
 
 /// What the measuring phases share: the machine, the modules, where outputs go.
@@ -178,7 +194,9 @@ fn prepare(s: &cli::Settings) -> Result<Setup, String> {
     let module_bytes = file_size(&surgeguard);
     let empty_module_bytes = file_size(&empty.module);
     say(&format!("modules: surgeguard {module_bytes} bytes, empty filter {empty_module_bytes} bytes"));
-    let modules = run::Modules { surgeguard, empty: empty.module.clone(), oha };
+    let fleet_configuration = arms::fleet_configuration()?;
+    let modules =
+        run::Modules { surgeguard, empty: empty.module.clone(), oha, fleet_configuration, rate_limit_service_port: 0 };
     Ok(Setup { out_dir, machine, load_average_before, modules, empty, probe, module_bytes, empty_module_bytes })
 }
 
@@ -226,14 +244,14 @@ fn measure_arms(s: &cli::Settings, modules: &run::Modules) -> Result<Vec<Variant
         variants.len() * arms::ARMS.len(),
         run::ENVOY_CPU
     ));
-    let fleet = run::Fleet::start(modules, &variants)?;
-    fleet.warm_up(s)?;
+    let envoys = run::Envoys::start(modules, &variants)?;
+    envoys.warm_up(s)?;
     say(&format!(
         "{} interleaved rounds: throughput (wrk, {} s per arm), then latency (oha, {} s per arm)",
         s.rounds, s.duration_s, s.duration_s
     ));
-    run::rounds(&fleet, &variants, s, &modules.oha)
-    // The fleet (every Envoy and the upstream) stops here.
+    run::rounds(&envoys, &variants, s, &modules.oha)
+    // Every Envoy and the upstream stop here.
 }
 
 /// `--prices`: the CPU price of each kind of host call, from the probe filter.

@@ -4,7 +4,7 @@
 //! kind is `(CPU per request with the calls - CPU per request without) / CALLS_PER_REQUEST`.
 //! Multiplied by the host calls the profile counts, it prices a request's host calls.
 
-use crate::arms::{bootstrap, Filter, Variant, PATH};
+use crate::arms::{bootstrap, Filter, Ports, Variant, PATH};
 use crate::cli::Settings;
 use crate::procs::check_interrupted;
 use crate::run::{bench_options, measure_throughput, ENVOY_CPU};
@@ -73,7 +73,7 @@ fn start(probe: &Path) -> Result<Vec<(&'static str, Envoy, String)>, String> {
     for op in OPS {
         let config = format!("{op} {CALLS_PER_REQUEST}");
         let filter = Filter::Wasm { module: probe, root_id: "probe", configuration: Some(&config) };
-        let yaml = bootstrap(&filter, Variant::DirectResponse, 0);
+        let yaml = bootstrap(&filter, Variant::DirectResponse, Ports::default(), false);
         let envoy = Envoy::start(&yaml, &bench_options(1, ENVOY_CPU))
             .map_err(|e| format!("probe {op}: {}\n{}", e.message, e.log))?;
         let url = envoy.url(PATH);

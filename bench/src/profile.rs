@@ -6,8 +6,10 @@
 //! Besides the empty filter and surgeguard's storefront configuration, it profiles the
 //! storefront configuration built up one feature at a time (an ablation), so the cost of each
 //! feature (classification, each limit, the in-flight limit) reads as a difference of rows.
+//! Last, the fleet arm's configuration (the demo's with its global limit fleet-wide), its lease
+//! granted by the profiler before the requests, so the row is a limit in fleet mode.
 
-use crate::arms::{CONTRACT_ADMIT_ALL, HEADERS, PATH, STOREFRONT_ADMIT_ALL};
+use crate::arms::{fleet_configuration, CONTRACT_ADMIT_ALL, HEADERS, PATH, STOREFRONT_ADMIT_ALL};
 use crate::build_profile::{cargo_release_build, CargoBuild};
 use crate::procs::{run_to_completion, Pinned};
 use serde::Serialize;
@@ -53,7 +55,19 @@ pub fn ablation() -> Result<Vec<(&'static str, Value)>, String> {
     ])
 }
 
-fn run_one(tool: &Path, module: &Path, root_id: &str, config: Option<&Path>) -> Result<Value, String> {
+/// The fleet row's name.
+pub const FLEET_ROW: &str = "the demo's configuration, its global limit fleet-wide (the surgeguard_fleet arm)";
+
+/// How the profiler runs one module.
+#[derive(Clone, Copy)]
+enum Leases {
+    /// No lease is answered (configurations without a fleet limit make no call).
+    Unanswered,
+    /// Lease calls made on the first tick are granted, before the requests.
+    Granted,
+}
+
+fn run_one(tool: &Path, module: &Path, root_id: &str, config: Option<&Path>, leases: Leases) -> Result<Value, String> {
     let mut args: Vec<String> = vec![
         module.display().to_string(),
         "--root-id".into(),
@@ -71,6 +85,9 @@ fn run_one(tool: &Path, module: &Path, root_id: &str, config: Option<&Path>) -> 
         args.push("--config".into());
         args.push(c.display().to_string());
     }
+    if let Leases::Granted = leases {
+        args.push("--grant-leases".into());
+    }
     let out = run_to_completion(&Pinned::new("", &tool.display().to_string(), &args), Duration::from_secs(120))?;
     serde_json::from_str(&out).map_err(|e| format!("hostcalls output: {e}"))
 }
@@ -84,7 +101,43 @@ pub struct Profile {
     pub method: &'static str,
     pub rows: Vec<ProfileRow>,
     pub surgeguard: SurgeguardCosts,
+    /// The fleet row's figures, and the lease granted before its requests.
+    pub surgeguard_fleet: FleetCosts,
     pub empty_wasm: EmptyCosts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetCosts {
+    pub costs: SurgeguardCosts,
+    pub leases_at_start: Value,
+    pub metrics_after: Value,
+}
+
+/// Checks that the fleet row ran in fleet mode (its lease granted, its mode gauge at 1).
+pub fn check_fleet_mode(v: &Value) -> Result<(), String> {
+    let granted = v["leases_at_start"]["calls_granted"].as_array().map_or(0, Vec::len);
+    let mode = v["metrics_after"]
+        .as_object()
+        .and_then(|m| m.iter().find(|(k, _)| k.ends_with(".fleet_mode")))
+        .and_then(|(_, v)| v.as_i64());
+    match (granted, mode) {
+        (1.., Some(1)) => Ok(()),
+        _ => Err(format!(
+            "the fleet row did not run in fleet mode ({granted} lease calls granted, mode gauge {mode:?}); module log: {}",
+            v["module_log"]
+        )),
+    }
+}
+
+impl SurgeguardCosts {
+    fn of(v: &Value) -> SurgeguardCosts {
+        SurgeguardCosts {
+            per_request: v["per_request"].clone(),
+            first_request: v["first_request"].clone(),
+            per_tick: v["per_tick"].clone(),
+            configure: v["configure"].clone(),
+        }
+    }
 }
 
 /// What `bench/hostcalls` reports for the surgeguard arm's configuration, as it reports it.
@@ -141,29 +194,34 @@ pub fn row(name: &str, v: &Value) -> ProfileRow {
 pub fn profile(root: &Path, out_dir: &Path, surgeguard: &Path, empty: &Path) -> Result<Profile, String> {
     let tool = build(root)?;
     let ablation = ablation()?;
-    let files: Vec<(String, Vec<u8>)> = ablation
+    let mut files: Vec<(String, Vec<u8>)> = ablation
         .iter()
         .enumerate()
         .map(|(i, (_, config))| (format!("ablation-{i}.json"), config.to_string().into_bytes()))
         .collect();
+    files.push(("fleet.json".into(), fleet_configuration()?.into_bytes()));
     let named: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
-    let paths = write_outputs(&out_dir.join("profile"), &named)?;
-    let empty_v = run_one(&tool, empty, "empty", None)?;
+    let mut paths = write_outputs(&out_dir.join("profile"), &named)?;
+    let fleet_path = paths.pop().ok_or("no fleet configuration written")?;
+    let empty_v = run_one(&tool, empty, "empty", None, Leases::Unanswered)?;
     let mut rows = vec![row("empty_wasm", &empty_v)];
     let mut full = Value::Null;
     for ((name, _), path) in ablation.iter().zip(&paths) {
-        let v = run_one(&tool, surgeguard, "surgeguard", Some(path))?;
+        let v = run_one(&tool, surgeguard, "surgeguard", Some(path), Leases::Unanswered)?;
         rows.push(row(name, &v));
         full = v;
     }
+    let fleet = run_one(&tool, surgeguard, "surgeguard", Some(&fleet_path), Leases::Granted)?;
+    check_fleet_mode(&fleet)?;
+    rows.push(row(FLEET_ROW, &fleet));
     Ok(Profile {
         method: "bench/hostcalls: the module in the wasmi interpreter against a recording host; steady-state averages over 200 requests (after a first request that creates the shared state); wasm instructions = wasmi fuel",
         rows,
-        surgeguard: SurgeguardCosts {
-            per_request: full["per_request"].clone(),
-            first_request: full["first_request"].clone(),
-            per_tick: full["per_tick"].clone(),
-            configure: full["configure"].clone(),
+        surgeguard: SurgeguardCosts::of(&full),
+        surgeguard_fleet: FleetCosts {
+            costs: SurgeguardCosts::of(&fleet),
+            leases_at_start: fleet["leases_at_start"].clone(),
+            metrics_after: fleet["metrics_after"].clone(),
         },
         empty_wasm: EmptyCosts { per_request: empty_v["per_request"].clone() },
     })
@@ -201,5 +259,17 @@ mod tests {
         assert_eq!(r.host_calls, Some(17.0));
         assert_eq!(r.host_to_module_allocations, Some(10.0));
         assert_eq!(r.host_calls_by_name["proxy_get_shared_data"], 5.0);
+    }
+
+    #[test]
+    fn the_fleet_row_counts_only_with_its_lease_granted_and_its_limit_in_fleet_mode() {
+        let granted = json!({"leases_at_start": {"calls_granted": [{"cluster": "ratelimit"}]},
+            "metrics_after": {"surgeguard.limit.storefront.fleet_mode": 1, "surgeguard.max_in_flight": 9}});
+        assert_eq!(check_fleet_mode(&granted), Ok(()));
+        let local = json!({"leases_at_start": {"calls_granted": [{"cluster": "ratelimit"}]},
+            "metrics_after": {"surgeguard.limit.storefront.fleet_mode": 0}});
+        assert!(check_fleet_mode(&local).unwrap_err().contains("mode gauge Some(0)"));
+        let no_call = json!({"leases_at_start": {"calls_granted": []}, "metrics_after": {}});
+        assert!(check_fleet_mode(&no_call).is_err());
     }
 }

@@ -17,6 +17,14 @@ fn n(x: Option<f64>, digits: usize) -> String {
     }
 }
 
+/// A difference with its sign, 2 decimals.
+fn signed(x: Option<f64>) -> String {
+    match x {
+        Some(x) => format!("{x:+.2}"),
+        None => "–".into(),
+    }
+}
+
 fn ratio(x: Option<f64>) -> String {
     match x {
         Some(x) => format!("{x:.3}x"),
@@ -57,7 +65,8 @@ fn header(r: &Results) -> String {
          {} rounds, arms alternating (order rotated every round); medians over rounds; spread = (max − min) / median. \
          Envoy CPU = user + system time of the Envoy process from /proc over the run / requests it served. \
          Every arm serves `GET /api/products/42` with a user-agent and an x-api-key; surgeguard runs the storefront configuration \
-         (`bench/configs/storefront-admit-all.json`: the demo's `envoy/storefront.json` (3 classes, 4 rules, a global bucket, an in-flight limit) sized so everything is admitted).",
+         (`bench/configs/storefront-admit-all.json`: the demo's `envoy/storefront.json` (3 classes, 4 rules, a global bucket, an in-flight limit) sized so everything is admitted); \
+         surgeguard_fleet runs the same with its global limit fleet-wide, leasing from a real rate limit service (Redis and surgeguard-rls, its limit far above the load).",
         s.connections,
         json(&s.duration_s),
         json(&s.duration_s),
@@ -154,7 +163,38 @@ fn variant_table(title: &str, v: &VariantResults) -> String {
         n(v.cpu_us_over.surgeguard_vs_no_filter, 2),
         n(v.latency_rate_rps, 0),
     );
+    out += &fleet_sentence(v);
     out
+}
+
+/// The fleet arm against the surgeguard arm, and its calls to the rate limit service.
+fn fleet_sentence(v: &VariantResults) -> String {
+    let Some(f) = &v.fleet else {
+        return String::new();
+    };
+    let warning = if f.in_fleet_mode() {
+        ""
+    } else {
+        " **Not in fleet mode throughout: these are the local fallback's figures.**"
+    };
+    format!(
+        "surgeguard_fleet (global limit leased from the rate limit service) vs surgeguard: throughput **{}** [{}–{}], \
+         Envoy CPU per request **{} µs** (user space: {} µs); mode {}; **{} lease calls/s** ({} per request; \
+         Envoy's requests to the service: {}/s), {} grants, {} denials, {} failures over {} s of throughput runs.{warning}\n\n",
+        ratio(v.ratios.surgeguard_fleet_vs_surgeguard),
+        n(v.ratio_details.surgeguard_fleet_vs_surgeguard.as_ref().and_then(|d| d.per_round_min), 3),
+        n(v.ratio_details.surgeguard_fleet_vs_surgeguard.as_ref().and_then(|d| d.per_round_max), 3),
+        signed(v.cpu_us_over.surgeguard_fleet_vs_surgeguard),
+        signed(v.user_us_over.surgeguard_fleet_vs_surgeguard),
+        f.mode,
+        n(f.lease_calls_per_s, 2),
+        json(&f.lease_calls_per_request),
+        n(f.service_requests_per_s, 2),
+        f.lease_grants,
+        f.lease_denials,
+        f.lease_failures,
+        n(f.measured_s, 1),
+    )
 }
 
 /// Both accuracy runs in one table, and the bucket they ran against.
@@ -246,6 +286,15 @@ fn profile(r: &Results) -> String {
         let list: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "\nsurgeguard's host calls per request: {}.", list.join(", "));
     }
+    if let Some(m) = p.surgeguard_fleet.costs.per_request["host_calls"].as_object() {
+        let list: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            out,
+            "\nWith the global limit fleet-wide (its first lease granted by the profiler before the requests; the limit in fleet mode): {}. \
+             Lease calls are made on the root's tick (every 20 ms with a fleet limit), not per request.",
+            list.join(", ")
+        );
+    }
     out
 }
 
@@ -287,7 +336,7 @@ mod tests {
 
     #[test]
     fn the_report_names_the_command_and_every_measured_arm() {
-        let mut run = direct_run([20_000.0, 18_000.0, 16_000.0, 12_000.0]);
+        let mut run = direct_run([20_000.0, 18_000.0, 16_000.0, 12_000.0, 10_000.0]);
         run.arms.remove("empty_wasm");
         let md = markdown(&results(&[run], &startup()));
         assert!(md.contains("`./build.sh bench --quick`"));
@@ -296,12 +345,19 @@ mod tests {
         assert!(!md.contains("| empty_wasm | 1"), "unmeasured arms are left out");
         assert!(md.contains("vs native **0.667x** [0.667–0.667]"));
         assert!(md.contains("| surgeguard | 410 | [400.0,420.0] |"), "start-up samples as results.json has them");
-        assert!(md.contains("| module size after wasm-opt | <= 100 KiB (102400 bytes) | 170754.000 bytes | **no** |"));
+        assert!(md.contains("| surgeguard_fleet | 10000 |"));
+        assert!(md.contains("surgeguard.wasm: **170754 bytes**"), "size is reported");
+        assert!(!md.contains("| module size"), "but no longer judged");
+        assert!(md.contains(
+            "| fleet arm: Envoy CPU per request over the surgeguard arm (direct_response) | <= +1 us | 16.667 us | **no** |"
+        ));
+        assert!(md.contains("vs surgeguard: throughput **0.833x** [0.833–0.833], Envoy CPU per request **+16.67 µs**"));
+        assert!(md.contains("mode fleet; **1.00 lease calls/s** (0.0001 per request;"));
     }
 
     #[test]
     fn sections_that_did_not_run_are_left_out_but_their_tables_keep_their_place() {
-        let md = markdown(&results(&[direct_run([1.0; 4])], &startup()));
+        let md = markdown(&results(&[direct_run([1.0; 5])], &startup()));
         let headings: Vec<&str> = md.lines().filter(|l| l.starts_with('#')).collect();
         assert_eq!(
             headings,

@@ -5,10 +5,13 @@
 //! Phases: start-up times (Envoys started and stopped one by one, arms alternating), throughput
 //! rounds (wrk, closed loop), latency rounds (oha, open loop at 50% of the no-filter arm's
 //! median throughput of the same variant), then the accuracy runs (2 workers, both cores).
+//! The fleet arm's Envoys lease from one rate limit service, alive for the whole run; each of its
+//! throughput runs also reads its lease counters before and after (outside the CPU window).
 
-use crate::arms::{bootstrap, Arm, Variant, ARMS, HEADERS, PATH};
+use crate::arms::{arm_bootstrap, Arm, FilterInputs, Ports, Variant, ARMS, HEADERS, PATH};
 use crate::cli::Settings;
 use crate::envoy_stats;
+use crate::fleet;
 use crate::machine::{cpu_busy_us, process_cpu_us};
 use crate::oha::{self, OhaRun};
 use crate::procs::{check_interrupted, sleep};
@@ -32,6 +35,10 @@ pub struct Modules {
     pub surgeguard: PathBuf,
     pub empty: PathBuf,
     pub oha: PathBuf,
+    /// The fleet arm's plugin configuration (`arms::fleet_configuration`).
+    pub fleet_configuration: String,
+    /// The rate limit service the fleet arm leases from (0 until it runs).
+    pub rate_limit_service_port: u16,
 }
 
 pub fn bench_options(concurrency: u32, cpu_list: &str) -> Options {
@@ -39,7 +46,10 @@ pub fn bench_options(concurrency: u32, cpu_list: &str) -> Options {
 }
 
 fn start(arm: Arm, variant: Variant, m: &Modules, upstream_port: u16, opts: &Options) -> Result<Envoy, String> {
-    let yaml = bootstrap(&arm.filter(&m.surgeguard, &m.empty), variant, upstream_port);
+    let inputs =
+        FilterInputs { surgeguard: &m.surgeguard, empty: &m.empty, fleet_configuration: &m.fleet_configuration };
+    let ports = Ports { upstream: upstream_port, rate_limit_service: m.rate_limit_service_port };
+    let yaml = arm_bootstrap(arm, variant, &inputs, ports);
     Envoy::start(&yaml, opts)
         .map_err(|e| format!("{} ({}): {}\n--- envoy log ---\n{}", arm.key(), variant.key(), e.message, e.log))
 }
@@ -74,7 +84,7 @@ pub fn startup(m: &Modules, samples: u32) -> Result<Startup, String> {
     Ok(Startup { samples_ms, medians_ms })
 }
 
-/// One Envoy of the fleet and the URL the load goes to.
+/// One Envoy of the run and the URL the load goes to.
 struct Member {
     variant: Variant,
     arm: Arm,
@@ -83,13 +93,16 @@ struct Member {
 }
 
 /// Every (variant, arm) Envoy, started once and stopped on drop (with the upstream).
-pub struct Fleet {
+pub struct Envoys {
     members: Vec<Member>,
     _upstream: Option<Upstream>,
 }
 
-impl Fleet {
-    pub fn start(m: &Modules, variants: &[Variant]) -> Result<Fleet, String> {
+/// How long the fleet arm may take to reach fleet mode after its warm-up.
+const FLEET_MODE_WITHIN: Duration = Duration::from_secs(5);
+
+impl Envoys {
+    pub fn start(m: &Modules, variants: &[Variant]) -> Result<Envoys, String> {
         let upstream = if variants.contains(&Variant::Upstream) {
             Some(Upstream::start(Duration::ZERO).map_err(|e| format!("upstream: {e}"))?)
         } else {
@@ -105,7 +118,7 @@ impl Fleet {
                 members.push(Member { variant, arm, envoy, url });
             }
         }
-        Ok(Fleet { members, _upstream: upstream })
+        Ok(Envoys { members, _upstream: upstream })
     }
 
     fn member(&self, variant: Variant, arm: Arm) -> Result<&Member, String> {
@@ -124,13 +137,30 @@ impl Fleet {
                 return Err(format!("{} ({}): no request served during warm-up", x.arm.key(), x.variant.key()));
             }
         }
+        // Measuring the fleet arm only means something if its limit is leasing.
+        for x in self.members.iter().filter(|x| x.arm.leases()) {
+            fleet::wait_for_fleet_mode(&x.envoy, FLEET_MODE_WITHIN)
+                .map_err(|e| format!("{} ({}): {e}", x.arm.key(), x.variant.key()))?;
+        }
         Ok(())
     }
 
-    /// One closed-loop measurement of one arm.
-    pub fn throughput(&self, variant: Variant, arm: Arm, s: &Settings) -> Result<Throughput, String> {
+    /// One closed-loop measurement of one arm, and for an arm that leases, its leases over it.
+    pub fn throughput(
+        &self,
+        variant: Variant,
+        arm: Arm,
+        s: &Settings,
+    ) -> Result<(Throughput, Option<fleet::Sample>), String> {
         let x = self.member(variant, arm)?;
-        measure_throughput(&x.envoy, &x.url, s)
+        if !arm.leases() {
+            return Ok((measure_throughput(&x.envoy, &x.url, s)?, None));
+        }
+        // Read outside measure_throughput's CPU window: the admin calls are not the filter's.
+        let before = fleet::Reading::of(&x.envoy);
+        let t = measure_throughput(&x.envoy, &x.url, s)?;
+        let after = fleet::Reading::of(&x.envoy);
+        Ok((t, Some(fleet::Sample::between(&before, &after))))
     }
 
     /// One open-loop measurement of one arm at `rate_per_s`.
@@ -206,13 +236,21 @@ fn progress(phase: &str, round: usize, s: &Settings, variant: Variant, arm: Arm,
 }
 
 /// Throughput rounds then latency rounds, arms alternating within each round.
-pub fn rounds(fleet: &Fleet, variants: &[Variant], s: &Settings, oha: &Path) -> Result<Vec<VariantRun>, String> {
+pub fn rounds(envoys: &Envoys, variants: &[Variant], s: &Settings, oha: &Path) -> Result<Vec<VariantRun>, String> {
     let mut runs: Vec<VariantRun> = variants.iter().map(|&v| VariantRun::new(v)).collect();
     for round in 0..s.rounds as usize {
         for run in runs.iter_mut() {
             for arm in order(round) {
                 check_interrupted()?;
-                let t = fleet.throughput(run.variant, arm, s)?;
+                let (t, leases) = envoys.throughput(run.variant, arm, s)?;
+                let leased = leases.map_or(String::new(), |l| {
+                    format!(
+                        "  {} lease calls in {:.1} s, mode {}",
+                        l.lease_calls,
+                        l.seconds,
+                        if l.fleet_mode { "fleet" } else { "LOCAL" }
+                    )
+                });
                 progress(
                     "throughput",
                     round,
@@ -220,12 +258,13 @@ pub fn rounds(fleet: &Fleet, variants: &[Variant], s: &Settings, oha: &Path) -> 
                     run.variant,
                     arm,
                     &format!(
-                        "{:>8.0} req/s {:>6.1} us CPU/req ({:.1} user)  others on Envoy core {:.0}%, on load core {:.0}%",
+                        "{:>8.0} req/s {:>6.1} us CPU/req ({:.1} user)  others on Envoy core {:.0}%, on load core {:.0}%{leased}",
                         t.rps, t.cpu_us_per_request, t.user_us_per_request, t.foreign_cpu_pct, t.foreign_load_cpu_pct
                     ),
                 );
                 if let Some(series) = run.arms.get_mut(arm.key()) {
                     series.throughput.push(t);
+                    series.leases.extend(leases);
                 }
             }
         }
@@ -238,7 +277,7 @@ pub fn rounds(fleet: &Fleet, variants: &[Variant], s: &Settings, oha: &Path) -> 
         for run in runs.iter_mut() {
             for arm in order(round) {
                 check_interrupted()?;
-                let l = fleet.latency(run.variant, arm, run.latency_rate_rps, s, oha)?;
+                let l = envoys.latency(run.variant, arm, run.latency_rate_rps, s, oha)?;
                 progress(
                     "latency   ",
                     round,
@@ -266,12 +305,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_arm_takes_every_position_over_four_rounds() {
-        for pos in 0..4 {
-            let mut seen: Vec<_> = (0..4).map(|r| order(r)[pos].key()).collect();
+    fn every_arm_takes_every_position_over_as_many_rounds_as_arms() {
+        for pos in 0..ARMS.len() {
+            let mut seen: Vec<_> = (0..ARMS.len()).map(|r| order(r)[pos].key()).collect();
             seen.sort();
             seen.dedup();
-            assert_eq!(seen.len(), 4);
+            assert_eq!(seen.len(), ARMS.len());
         }
         assert_eq!(order(0), ARMS.to_vec());
     }

@@ -1,13 +1,14 @@
 //! `results.json` as one typed value, [`Results`], assembled from what the phases of a run
 //! returned. Its field names are the file's keys (the contract's `arms`, `ratios`, `accuracy`,
 //! `module_bytes` first, from the direct_response variant, the worst case; every variant in
-//! full under `variants`). `report.md` is rendered from the same value, so the two never
+//! full under `variants`; the fleet arm's leases under `fleet`). `report.md` is rendered from the same value, so the two never
 //! disagree.
 
 use crate::accuracy::{AccuracyField, AccuracyPair, AccuracySummary};
 use crate::arms::{Arm, Variant, HEADERS, PATH};
 use crate::cli::Settings;
 use crate::empty_filter::Built;
+use crate::fleet::FleetFigures;
 use crate::machine::Machine;
 use crate::prices::Prices;
 use crate::profile::Profile;
@@ -26,6 +27,8 @@ pub struct Results {
     pub accuracy: AccuracyField,
     pub module_bytes: u64,
     pub primary_variant: &'static str,
+    /// The fleet arm's leases in the primary variant (each variant's under `variants`).
+    pub fleet: Option<FleetFigures>,
     pub variants: BTreeMap<&'static str, VariantResults>,
     pub accuracy_native: Option<AccuracySummary>,
     pub empty_module_bytes: u64,
@@ -129,12 +132,8 @@ impl Results {
             accuracy: AccuracyField::new(accuracy.map(|a| &a.surgeguard)),
             module_bytes: m.modules.module_bytes,
             primary_variant: Variant::DirectResponse.key(),
-            floors: floors(&floor_inputs(
-                m.runs,
-                accuracy.map(|a| a.surgeguard.error_pct),
-                m.modules.module_bytes,
-                startup_over,
-            )),
+            fleet: primary.and_then(|p| p.fleet.clone()),
+            floors: floors(&floor_inputs(m.runs, accuracy.map(|a| a.surgeguard.error_pct), startup_over)),
             variants,
             accuracy_native: accuracy.map(|a| AccuracySummary::new(&a.native)),
             empty_module_bytes: m.modules.empty_module_bytes,
@@ -162,26 +161,32 @@ fn startup_over_no_filter_ms(startup: &Startup) -> Option<f64> {
     Some(median(Arm::Surgeguard)? - median(Arm::NoFilter)?)
 }
 
-/// Issue 5's figures: throughput and CPU over the empty filter in each variant, accuracy,
-/// size, start-up.
+/// The floors' figures: throughput and CPU over the empty filter in each variant, accuracy,
+/// start-up, and the fleet arm's CPU over the surgeguard arm (only if it was leasing throughout).
 fn floor_inputs(
     runs: &[VariantRun],
     accuracy_error_pct: Option<f64>,
-    module_bytes: u64,
     startup_over_no_filter_ms: Option<f64>,
 ) -> FloorInputs {
     let run = |v: Variant| runs.iter().find(|r| r.variant == v);
     let ratio_vs_empty =
         |v| run(v).and_then(|r| RatioFigure::between(r, Arm::Surgeguard, Arm::EmptyWasm)).map(|r| r.of_medians);
-    let cpu_over_empty = |v| run(v).and_then(|r| cpu_over(r, Arm::EmptyWasm));
+    let cpu_over_empty = |v| run(v).and_then(|r| cpu_over(r, Arm::Surgeguard, Arm::EmptyWasm));
+    let direct = run(Variant::DirectResponse);
+    let leasing = direct
+        .and_then(|r| r.series(Arm::SurgeguardFleet))
+        .and_then(|s| FleetFigures::new(&s.leases))
+        .is_some_and(|f| f.in_fleet_mode());
     FloorInputs {
         ratio_vs_empty: ratio_vs_empty(Variant::DirectResponse),
         cpu_over_empty_us: cpu_over_empty(Variant::DirectResponse),
         upstream_ratio_vs_empty: ratio_vs_empty(Variant::Upstream),
         upstream_cpu_over_empty_us: cpu_over_empty(Variant::Upstream),
         accuracy_error_pct,
-        module_bytes,
         startup_over_no_filter_ms,
+        fleet_cpu_over_surgeguard_us: direct
+            .filter(|_| leasing)
+            .and_then(|r| cpu_over(r, Arm::SurgeguardFleet, Arm::Surgeguard)),
     }
 }
 
@@ -242,8 +247,9 @@ pub mod tests {
     use crate::results::{Latency, Series};
     use std::path::PathBuf;
 
-    /// A run of the direct_response variant where every arm served `rps` in each round.
-    pub fn direct_run(rps: [f64; 4]) -> VariantRun {
+    /// A run of the direct_response variant where every arm served `rps` in each round; the
+    /// fleet arm leasing throughout, 3 calls per run.
+    pub fn direct_run(rps: [f64; 5]) -> VariantRun {
         let mut run = VariantRun::new(Variant::DirectResponse);
         for (arm, r) in crate::arms::ARMS.iter().zip(rps) {
             let t = Throughput {
@@ -255,9 +261,23 @@ pub mod tests {
                 failures: 0,
             };
             let l = Latency { p50_us: 200.0, p99_us: 900.0, p999_us: 2000.0, achieved_rps: r / 2.0, failures: 0 };
-            run.arms.insert(arm.key(), Series { throughput: vec![t, t], latency: vec![l, l] });
+            let leases = if arm.leases() { vec![lease_sample(true); 2] } else { Vec::new() };
+            run.arms.insert(arm.key(), Series { throughput: vec![t, t], latency: vec![l, l], leases });
         }
         run
+    }
+
+    pub fn lease_sample(fleet_mode: bool) -> crate::fleet::Sample {
+        crate::fleet::Sample {
+            lease_calls: 3,
+            lease_grants: 3,
+            lease_denials: 0,
+            lease_failures: 0,
+            service_requests: 3,
+            requests: 30_000,
+            seconds: 3.0,
+            fleet_mode,
+        }
     }
 
     pub fn results(runs: &[VariantRun], startup: &Startup) -> Results {
@@ -305,7 +325,7 @@ pub mod tests {
 
     #[test]
     fn results_json_has_the_contract_keys_at_the_top_from_the_direct_response_variant() {
-        let r = results(&[direct_run([20_000.0, 18_000.0, 16_000.0, 12_000.0])], &startup());
+        let r = results(&[direct_run([20_000.0, 18_000.0, 16_000.0, 12_000.0, 10_000.0])], &startup());
         let v = serde_json::to_value(&r).unwrap();
         for key in ["arms", "ratios", "accuracy", "module_bytes"] {
             assert!(v.get(key).is_some(), "{key}");
@@ -320,8 +340,36 @@ pub mod tests {
     }
 
     #[test]
+    fn the_fleet_arm_has_its_arm_object_its_ratio_its_cpu_difference_and_its_leases() {
+        let r = results(&[direct_run([20_000.0, 18_000.0, 16_000.0, 12_000.0, 10_000.0])], &startup());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["arms"]["surgeguard_fleet"]["rps_median"], 10_000.0);
+        assert_eq!(v["ratios"]["surgeguard_fleet_vs_surgeguard"], 0.8333);
+        // 100 us per request against 83.33 us.
+        assert_eq!(v["variants"]["direct_response"]["cpu_us_over"]["surgeguard_fleet_vs_surgeguard"], 16.67);
+        assert_eq!(v["fleet"]["mode"], "fleet");
+        assert_eq!(v["fleet"]["lease_calls_per_s"], 1.0);
+        assert_eq!(v["fleet"]["lease_calls_per_request"], 0.0001);
+        assert_eq!(v["fleet"], v["variants"]["direct_response"]["fleet"]);
+        let floor = r.floors.iter().find(|f| f.name.starts_with("fleet arm")).unwrap();
+        assert_eq!((floor.value, floor.met), (Some(16.6667), Some(false)));
+    }
+
+    #[test]
+    fn the_fleet_floor_is_not_judged_when_the_arm_fell_back_to_its_local_share() {
+        let mut run = direct_run([1.0; 5]);
+        if let Some(s) = run.arms.get_mut("surgeguard_fleet") {
+            s.leases[1] = lease_sample(false);
+        }
+        let r = results(&[run], &startup());
+        assert_eq!(r.fleet.as_ref().map(|f| f.mode), Some("local"));
+        let floor = r.floors.iter().find(|f| f.name.starts_with("fleet arm")).unwrap();
+        assert_eq!((floor.value, floor.met), (None, None));
+    }
+
+    #[test]
     fn without_an_accuracy_run_the_contract_figures_are_null_and_the_setup_stays() {
-        let v = serde_json::to_value(results(&[direct_run([1.0; 4])], &startup())).unwrap();
+        let v = serde_json::to_value(results(&[direct_run([1.0; 5])], &startup())).unwrap();
         assert_eq!(
             v["accuracy"],
             serde_json::json!({"workers": 2, "overload": 5, "admitted": null, "expected": null, "error_pct": null})
@@ -332,7 +380,7 @@ pub mod tests {
 
     #[test]
     fn noise_is_summarized_over_every_throughput_measurement() {
-        let r = results(&[direct_run([1.0; 4])], &startup());
+        let r = results(&[direct_run([1.0; 5])], &startup());
         assert_eq!(r.noise.foreign_cpu_pct_median, Some(1.0));
         assert_eq!(r.noise.foreign_load_cpu_pct_max, Some(2.0));
         assert_eq!(r.noise.load_average_after, "1.00 0.50 0.40");

@@ -1,17 +1,31 @@
 //! A fake proxy-wasm host that records every call a module makes, behaving like Envoy for the
 //! calls the filters use: request headers, properties, the clock, shared data with CAS
-//! versions, metrics, local replies, logs. Everything else answers `Ok` and is counted.
+//! versions, metrics (and their values), gRPC calls (recorded with a token; the driver answers
+//! them), local replies, logs. Everything else answers `Ok` and is counted.
 //!
-//! Status codes are proxy-wasm's: 0 Ok, 1 NotFound, 8 CasMismatch.
+//! Status codes are proxy-wasm's: 0 Ok, 1 NotFound, 2 BadArgument, 8 CasMismatch.
 
 use std::collections::{BTreeMap, HashMap};
 use wasmi::{Caller, Error, Extern, Val};
 
 const OK: i32 = 0;
 const NOT_FOUND: i32 = 1;
+const BAD_ARGUMENT: i32 = 2;
 const CAS_MISMATCH: i32 = 8;
 const PLUGIN_CONFIGURATION: i32 = 7;
 const REQUEST_HEADERS: i32 = 0;
+const GRPC_RECEIVE_BUFFER: i32 = 5;
+
+/// A gRPC call the module made and nobody has answered yet.
+#[derive(Debug, Clone)]
+pub struct GrpcCall {
+    pub token: u32,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub message: Vec<u8>,
+    pub timeout_ms: u32,
+}
 
 /// What the module sees of the world, and what it did to it.
 #[derive(Default)]
@@ -23,6 +37,13 @@ pub struct Host {
     pub(crate) shared: HashMap<Vec<u8>, (Vec<u8>, u32)>,
     pub(crate) next_cas: u32,
     pub(crate) metrics: Vec<String>,
+    /// Metric values by id (ids are 1-based indices into `metrics`).
+    pub(crate) metric_values: HashMap<u32, i64>,
+    /// gRPC calls made and not yet answered or cancelled.
+    pub grpc_pending: Vec<GrpcCall>,
+    pub(crate) next_grpc_token: u32,
+    /// The message handed to `proxy_on_grpc_receive` (`GrpcReceiveBuffer`).
+    pub grpc_receive: Vec<u8>,
     /// Host calls by import name, since the last [`Host::take_counts`].
     pub counts: BTreeMap<String, u64>,
     /// Bytes copied host -> module (values handed out) and module -> host (values written).
@@ -46,6 +67,19 @@ impl Host {
     pub fn metric_names(&self) -> &[String] {
         &self.metrics
     }
+
+    /// Every metric with a value, by name.
+    pub fn metric_values(&self) -> BTreeMap<String, i64> {
+        self.metric_values
+            .iter()
+            .filter_map(|(id, v)| {
+                Some((
+                    self.metrics.get((*id as usize).checked_sub(1)?)?.clone(),
+                    *v,
+                ))
+            })
+            .collect()
+    }
 }
 
 fn memory(caller: &Caller<'_, Host>) -> Result<wasmi::Memory, Error> {
@@ -59,6 +93,16 @@ fn arg(p: &[Val], i: usize) -> Result<i32, Error> {
     p.get(i)
         .and_then(Val::i32)
         .ok_or_else(|| Error::new(format!("argument {i} is not an i32")))
+}
+
+fn arg64(p: &[Val], i: usize) -> Result<i64, Error> {
+    p.get(i)
+        .and_then(Val::i64)
+        .ok_or_else(|| Error::new(format!("argument {i} is not an i64")))
+}
+
+fn text(caller: &Caller<'_, Host>, ptr: i32, len: i32) -> Result<String, Error> {
+    Ok(String::from_utf8_lossy(&read(caller, ptr, len)?).into_owned())
 }
 
 fn read(caller: &Caller<'_, Host>, ptr: i32, len: i32) -> Result<Vec<u8>, Error> {
@@ -126,13 +170,67 @@ pub fn call(
             OK
         }
         "proxy_get_buffer_bytes" => {
-            if arg(p, 0)? != PLUGIN_CONFIGURATION {
-                NOT_FOUND
+            let buffer = match arg(p, 0)? {
+                PLUGIN_CONFIGURATION => Some(caller.data().config.clone()),
+                GRPC_RECEIVE_BUFFER => Some(caller.data().grpc_receive.clone()),
+                _ => None,
+            };
+            match buffer {
+                Some(b) => {
+                    // (type, start, max_size, out_ptr, out_len): the slice asked for.
+                    let start = (arg(p, 1)?.max(0) as usize).min(b.len());
+                    let end = start
+                        .saturating_add(arg(p, 2)? as u32 as usize)
+                        .min(b.len());
+                    give(&mut caller, &b[start..end], arg(p, 3)?, arg(p, 4)?)?;
+                    OK
+                }
+                None => NOT_FOUND,
+            }
+        }
+        "proxy_grpc_call" => {
+            // (cluster, service, method, initial metadata, message: each ptr + len; timeout_ms;
+            // token out-param)
+            let call = GrpcCall {
+                token: 0,
+                cluster: text(&caller, arg(p, 0)?, arg(p, 1)?)?,
+                service: text(&caller, arg(p, 2)?, arg(p, 3)?)?,
+                method: text(&caller, arg(p, 4)?, arg(p, 5)?)?,
+                message: read(&caller, arg(p, 8)?, arg(p, 9)?)?,
+                timeout_ms: arg(p, 10)? as u32,
+            };
+            if call.cluster.is_empty() {
+                BAD_ARGUMENT
             } else {
-                let config = caller.data().config.clone();
-                give(&mut caller, &config, arg(p, 3)?, arg(p, 4)?)?;
+                let h = caller.data_mut();
+                h.bytes_from_module += call.message.len() as u64;
+                h.next_grpc_token += 1;
+                let token = h.next_grpc_token;
+                h.grpc_pending.push(GrpcCall { token, ..call });
+                write(&mut caller, arg(p, 11)?, &token.to_le_bytes())?;
                 OK
             }
+        }
+        "proxy_grpc_cancel" => {
+            let token = arg(p, 0)? as u32;
+            let h = caller.data_mut();
+            let before = h.grpc_pending.len();
+            h.grpc_pending.retain(|c| c.token != token);
+            if h.grpc_pending.len() < before {
+                OK
+            } else {
+                NOT_FOUND
+            }
+        }
+        "proxy_record_metric" => {
+            let (id, value) = (arg(p, 0)? as u32, arg64(p, 1)?);
+            caller.data_mut().metric_values.insert(id, value);
+            OK
+        }
+        "proxy_increment_metric" => {
+            let (id, offset) = (arg(p, 0)? as u32, arg64(p, 1)?);
+            *caller.data_mut().metric_values.entry(id).or_default() += offset;
+            OK
         }
         "proxy_get_header_map_value" => {
             let key = read(&caller, arg(p, 1)?, arg(p, 2)?)?;

@@ -7,8 +7,12 @@
 //! allocations made to hand values over, and wasm instructions executed per callback (wasmi
 //! fuel: one unit per instruction, a machine-independent measure of the work done in wasm).
 //!
+//! With `--grant-leases` (a configuration with a fleet limit) the plugin ticks once after its
+//! configuration and every gRPC call it makes is answered, as a rate limit service would, with a
+//! grant: the requests then run with the limit in fleet mode, as in production.
+//!
 //! usage: hostcalls MODULE.wasm [--config FILE] [--root-id ID] [--requests N]
-//!        [--header NAME:VALUE]... [--path PATH]
+//!        [--header NAME:VALUE]... [--path PATH] [--grant-leases]
 
 mod host;
 
@@ -24,6 +28,7 @@ struct Args {
     requests: u64,
     headers: Vec<(String, String)>,
     path: String,
+    grant_leases: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
         requests: 1000,
         headers: Vec::new(),
         path: "/api/products/42".into(),
+        grant_leases: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -55,12 +61,13 @@ fn parse_args() -> Result<Args, String> {
                     .push((k.trim().to_ascii_lowercase(), val.trim().to_string()));
             }
             "--path" => a.path = value()?,
+            "--grant-leases" => a.grant_leases = true,
             _ if a.module.is_empty() && !x.starts_with('-') => a.module = x.clone(),
             _ => return Err(format!("unknown argument {x}")),
         }
     }
     if a.module.is_empty() {
-        return Err("usage: hostcalls MODULE.wasm [--config FILE] [--root-id ID] [--requests N] [--header NAME:VALUE]... [--path PATH]".into());
+        return Err("usage: hostcalls MODULE.wasm [--config FILE] [--root-id ID] [--requests N] [--header NAME:VALUE]... [--path PATH] [--grant-leases]".into());
     }
     Ok(a)
 }
@@ -226,6 +233,55 @@ fn cost_json(costs: &[Cost]) -> Value {
     })
 }
 
+/// What a rate limit service tells a lease call it grants (`envoy.service.ratelimit.v3`
+/// `RateLimitResponse`, protobuf): overall OK, one descriptor OK with `remaining` left and a
+/// window that resets in a second.
+fn grant_message(remaining: u64) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn field_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+        varint(out, field << 3 | 2);
+        varint(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    }
+    let duration = [0x08, 0x01]; // seconds: 1
+    let mut status = vec![0x08, 0x01]; // code: OK
+    varint(&mut status, 3 << 3);
+    varint(&mut status, remaining);
+    field_bytes(&mut status, 4, &duration);
+    let mut response = vec![0x08, 0x01]; // overall_code: OK
+    field_bytes(&mut response, 2, &status);
+    response
+}
+
+/// Fleet tokens left after a grant: far more than any reserve asks for.
+const GRANT_REMAINING: u64 = 1_000_000_000;
+
+/// Answers every gRPC call the module has made with a grant; returns the calls answered and the
+/// wasm instructions the answers took.
+fn grant_pending_calls(vm: &mut Vm, root_id: i32) -> Result<(Vec<Value>, u64), String> {
+    let pending = std::mem::take(&mut vm.store.data_mut().grpc_pending);
+    let mut answered = Vec::new();
+    let mut instructions = 0;
+    for call in pending {
+        let message = grant_message(GRANT_REMAINING);
+        let size = message.len() as i32;
+        vm.store.data_mut().grpc_receive = message;
+        let (_, used) = vm.call("proxy_on_grpc_receive", &[root_id, call.token as i32, size])?;
+        instructions += used;
+        answered.push(
+            json!({"cluster": call.cluster, "service": call.service, "method": call.method,
+            "request_bytes": call.message.len(), "timeout_ms": call.timeout_ms}),
+        );
+    }
+    Ok((answered, instructions))
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -277,6 +333,17 @@ fn run(a: &Args) -> Result<Value, String> {
     }
     let configure_calls = vm.store.data_mut().take_counts();
 
+    // A fleet limit starts in local mode; its first tick asks for a lease, which is granted.
+    let leases = if a.grant_leases {
+        vm.store.data_mut().now_ns += 20_000_000;
+        let (_, i_tick) = vm.call("proxy_on_tick", &[root_id])?;
+        let (calls, i_answers) = grant_pending_calls(&mut vm, root_id)?;
+        json!({"calls_granted": calls, "host_calls": vm.store.data_mut().take_counts(),
+            "wasm_instructions": i_tick + i_answers})
+    } else {
+        Value::Null
+    };
+
     // The first request creates the shared state; later ones find it (the steady state).
     let first = one_request(&mut vm, 2, root_id, n_headers)?;
     let mut steady = Vec::new();
@@ -307,6 +374,9 @@ fn run(a: &Args) -> Result<Value, String> {
             "wasm_instructions": i_create + i_start + i_configure,
             "metrics_defined": h.metric_names().len(),
         },
+        "leases_at_start": leases,
+        "grpc_calls_unanswered": h.grpc_pending.len(),
+        "metrics_after": h.metric_values(),
         "shared_keys_after": h.shared_keys(),
         "module_log": h.logs,
     }))

@@ -65,29 +65,44 @@ impl Record {
         &self.bytes
     }
 
-    fn entries(&self) -> impl Iterator<Item = (usize, u64, u64, u64)> + '_ {
-        (0..self.bytes.len() / ENTRY_BYTES).map(move |i| {
-            let at = i * ENTRY_BYTES;
-            let word = |k: usize| read_u64(&self.bytes, at + 8 * k).unwrap_or(0);
-            (at, word(0), word(1), word(2))
-        })
+    fn entry_count(&self) -> usize {
+        self.bytes.len() / ENTRY_BYTES
+    }
+
+    fn tag_at(&self, at: usize) -> u64 {
+        read_u64(&self.bytes, at).unwrap_or(0)
+    }
+
+    /// The entry's two values (`a`, `b`).
+    fn values_at(&self, at: usize) -> (u64, u64) {
+        (read_u64(&self.bytes, at + 8).unwrap_or(0), read_u64(&self.bytes, at + 16).unwrap_or(0))
+    }
+
+    /// The offset of the entry tagged `tag`. Only tags are read while searching: the record is
+    /// scanned several times per request.
+    fn position(&self, tag: u64) -> Option<usize> {
+        (0..self.entry_count()).map(|i| i * ENTRY_BYTES).find(|&at| self.tag_at(at) == tag)
     }
 
     fn find(&self, tag: u64) -> Option<(usize, u64, u64)> {
-        self.entries().find(|e| e.1 == tag).map(|(at, _, a, b)| (at, a, b))
+        let at = self.position(tag)?;
+        let (a, b) = self.values_at(at);
+        Some((at, a, b))
     }
 
     fn write(&mut self, at: usize, tag: u64, a: u64, b: u64) {
-        for (k, v) in [tag, a, b].into_iter().enumerate() {
-            if let Some(slot) = self.bytes.get_mut(at + 8 * k..at + 8 * k + 8) {
-                slot.copy_from_slice(&v.to_le_bytes());
-            }
+        let mut entry = [0u8; ENTRY_BYTES];
+        entry[..8].copy_from_slice(&tag.to_le_bytes());
+        entry[8..16].copy_from_slice(&a.to_le_bytes());
+        entry[16..].copy_from_slice(&b.to_le_bytes());
+        if let Some(slot) = self.bytes.get_mut(at..at + ENTRY_BYTES) {
+            slot.copy_from_slice(&entry);
         }
     }
 
     fn put(&mut self, tag: u64, a: u64, b: u64) {
-        let at = match self.find(tag) {
-            Some((at, _, _)) => at,
+        let at = match self.position(tag) {
+            Some(at) => at,
             None => {
                 self.bytes.resize(self.bytes.len() + ENTRY_BYTES, 0);
                 self.bytes.len() - ENTRY_BYTES
@@ -99,20 +114,26 @@ impl Record {
     /// Drops what carries no information at `now_ns`: full buckets and dead instances (except
     /// `keep_instance`, which is being written).
     pub fn prune(&mut self, now_ns: u64, keep_instance: Option<u32>) {
-        let mut kept = 0;
-        for i in 0..self.bytes.len() / ENTRY_BYTES {
-            let at = i * ENTRY_BYTES;
-            let tag = read_u64(&self.bytes, at).unwrap_or(0);
-            let a = read_u64(&self.bytes, at + 8).unwrap_or(0);
-            let b = read_u64(&self.bytes, at + 16).unwrap_or(0);
-            let keep = if tag & IN_FLIGHT_TAG != 0 {
-                Some(tag) == keep_instance.map(in_flight_tag) || is_live(b, now_ns)
+        let keep_tag = keep_instance.map(in_flight_tag);
+        self.retain(|record, at, tag| {
+            if tag & IN_FLIGHT_TAG != 0 {
+                Some(tag) == keep_tag || is_live(record.values_at(at).1, now_ns)
             } else {
                 // A lease is dropped only with its limit (`retain_leases`).
-                tag & LEASE_TAG != 0 || !is_full(a, now_ns)
-            };
-            if keep {
-                self.bytes.copy_within(at..at + ENTRY_BYTES, kept);
+                tag & LEASE_TAG != 0 || !is_full(record.values_at(at).0, now_ns)
+            }
+        });
+    }
+
+    /// Keeps the entries `keep(record, offset, tag)` says to, in order.
+    fn retain(&mut self, keep: impl Fn(&Record, usize, u64) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.entry_count() {
+            let at = i * ENTRY_BYTES;
+            if keep(self, at, self.tag_at(at)) {
+                if kept != at {
+                    self.bytes.copy_within(at..at + ENTRY_BYTES, kept);
+                }
                 kept += ENTRY_BYTES;
             }
         }
@@ -130,23 +151,22 @@ impl Record {
 
     /// A fleet limit's lease; a fresh one (local mode, a call due) if it has none.
     pub fn lease(&self, id: u64) -> Lease {
-        let Some((first, _, _)) = self.find(lease_tag(id, 0)) else { return Lease::default() };
+        let Some(first) = self.position(lease_tag(id, 0)) else { return Lease::default() };
         let mut words = [0u64; crate::lease::WORDS];
         for (entry, pair) in words.chunks_exact_mut(2).enumerate() {
             let at = first + entry * ENTRY_BYTES;
-            if read_u64(&self.bytes, at) != Some(lease_tag(id, entry)) {
+            if self.tag_at(at) != lease_tag(id, entry) {
                 return Lease::default();
             }
-            pair[0] = read_u64(&self.bytes, at + 8).unwrap_or(0);
-            pair[1] = read_u64(&self.bytes, at + 16).unwrap_or(0);
+            (pair[0], pair[1]) = self.values_at(at);
         }
         Lease::from_words(&words)
     }
 
     pub fn set_lease(&mut self, id: u64, lease: &Lease) {
         let words = lease.to_words();
-        let first = match self.find(lease_tag(id, 0)) {
-            Some((at, _, _)) => at,
+        let first = match self.position(lease_tag(id, 0)) {
+            Some(at) => at,
             None => {
                 self.bytes.resize(self.bytes.len() + LEASE_ENTRIES * ENTRY_BYTES, 0);
                 self.bytes.len() - LEASE_ENTRIES * ENTRY_BYTES
@@ -160,22 +180,22 @@ impl Record {
     /// Drops the leases of limits not in `ids` (a limit removed or changed by a new
     /// configuration); all entries of a lease go together.
     pub fn retain_leases(&mut self, ids: &[u64]) {
-        let mut kept = 0;
-        for i in 0..self.bytes.len() / ENTRY_BYTES {
-            let at = i * ENTRY_BYTES;
-            let tag = read_u64(&self.bytes, at).unwrap_or(0);
-            let keep = !is_lease_tag(tag) || ids.contains(&((tag & !LEASE_TAG) >> 3));
-            if keep {
-                self.bytes.copy_within(at..at + ENTRY_BYTES, kept);
-                kept += ENTRY_BYTES;
-            }
-        }
-        self.bytes.truncate(kept);
+        self.retain(|_, _, tag| !is_lease_tag(tag) || ids.contains(&((tag & !LEASE_TAG) >> 3)));
     }
 
     /// Requests in flight at `now_ns`, counting live instances only.
     pub fn in_flight(&self, now_ns: u64) -> u64 {
-        self.entries().filter(|e| e.1 & IN_FLIGHT_TAG != 0 && is_live(e.3, now_ns)).map(|e| e.2).sum()
+        let mut total = 0;
+        for i in 0..self.entry_count() {
+            let at = i * ENTRY_BYTES;
+            if self.tag_at(at) & IN_FLIGHT_TAG != 0 {
+                let (count, heartbeat) = self.values_at(at);
+                if is_live(heartbeat, now_ns) {
+                    total += count;
+                }
+            }
+        }
+        total
     }
 
     /// This instance's live count (a dead entry's count cannot be trusted: its releases may

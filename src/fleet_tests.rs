@@ -104,7 +104,7 @@ fn a_failed_call_falls_back_and_a_later_probe_returns_to_fleet_mode() {
     let tick = a.lease_calls_due(T0, &store).unwrap();
     let call = &tick.calls[0];
     let failed = a.apply_lease_answer(call.limit, call.deadline_ns, Answer::Failed, T0 + MS, &store);
-    assert_eq!(failed, Some(Switch::None), "it was local already");
+    assert_eq!(failed, Some(Switch::ToLocal), "local already, but its first failure is reported");
     assert!(a.lease_calls_due(T0 + 2 * MS, &store).unwrap().calls.is_empty(), "no probe before its time");
     assert!(grant(&a, 900, T0 + 600 * MS, &store) > 0);
     assert_eq!(a.leases(&store)[0].1.mode, Mode::Fleet);

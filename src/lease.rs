@@ -82,6 +82,7 @@ pub enum Answer {
 pub enum Switch {
     None,
     ToFleet,
+    /// To local mode; also a limit's first failure ever, when it was in local mode already.
     ToLocal,
 }
 
@@ -183,6 +184,10 @@ impl Lease {
         self.call_deadline_ns = 0;
         self.call_hits = 0;
         let before = self.mode;
+        // A limit starts in local mode: its first failure (a fresh lease has never probed) is
+        // reported as a switch too, or a limit that never reaches its service (a cluster typo)
+        // would never be logged.
+        let first_failure = answer == Answer::Failed && self.probe_at_ns == 0;
         match answer {
             Answer::Granted { remaining, until_reset_ns } => {
                 self.set_window(params, until_reset_ns, now_ns);
@@ -203,6 +208,9 @@ impl Lease {
                 self.fleet_remaining = remaining.unwrap_or(u64::from(hits / 2));
             }
             Answer::Failed => self.fail(params, now_ns),
+        }
+        if first_failure {
+            return Switch::ToLocal;
         }
         switch(before, self.mode)
     }

@@ -164,6 +164,19 @@ fn a_failed_call_switches_to_local_mode_drops_the_block_and_probes_later() {
 }
 
 #[test]
+fn a_limit_that_never_reached_its_service_reports_its_first_failure_once() {
+    let p = params();
+    let mut l = Lease::default();
+    l.start_call(&p, T0);
+    assert_eq!(l.on_answer_now(Answer::Failed, &p, T0), Switch::ToLocal, "logged: the service was never reached");
+    l.start_call(&p, T0 + p.probe_period_ns);
+    assert_eq!(l.on_answer_now(Answer::Failed, &p, T0 + p.probe_period_ns), Switch::None, "the probes are not");
+    let mut expired = Lease::default();
+    expired.start_call(&p, T0);
+    assert_eq!(expired.expire_call(&p, T0 + p.timeout_ns), Switch::ToLocal, "a first call unanswered too");
+}
+
+#[test]
 fn a_call_never_answered_fails_at_its_deadline_so_nothing_waits_on_it() {
     let p = params();
     let mut l = leased(100, 900);

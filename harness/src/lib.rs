@@ -7,13 +7,16 @@
 //!   or failed;
 //! - [`stats`]: Envoy's `/stats`, parsed once for everyone;
 //! - [`output`]: writing a run's outputs (summaries, reports) into a directory;
-//! - [`rls`]: a real rate limit service for fleet-wide limits (Redis and `surgeguard-rls`).
+//! - [`rls`]: a real rate limit service for fleet-wide limits (Redis and `surgeguard-rls`);
+//! - [`fleet`]: that service with a limit, the shipped fleet Envoy pointed at it, and where the
+//!   service's fixed windows end.
 //!
 //! Every process and server started here stops when its handle is dropped, also on panic.
 //! Ports are never fixed: servers bind port 0 and report what they got.
 
 pub mod client;
 pub mod envoy;
+pub mod fleet;
 pub mod outcome;
 pub mod output;
 pub mod rls;

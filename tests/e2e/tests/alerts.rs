@@ -1,6 +1,7 @@
 //! The Prometheus rules in ops/prometheus/ pass `promtool check rules` and their unit tests
 //! (`promtool test rules`), and every metric the rules and the Grafana dashboard read is one a
-//! real Envoy running the shipped ECDS config (with its stats_tags) exports on /stats/prometheus.
+//! real Envoy exports on /stats/prometheus: the shipped ECDS config (with its stats_tags), and
+//! the shipped fleet config envoy/fleet/envoy.yaml for the fleet limits' metrics.
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -8,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 use surgeguard_harness::client::{self, Req};
 use surgeguard_harness::envoy::{Envoy, Localise, Options};
+use surgeguard_harness::fleet;
 use surgeguard_harness::repo_root;
 use surgeguard_harness::upstream::Upstream;
 
@@ -111,14 +113,43 @@ fn real_prometheus_output() -> String {
     }
 }
 
-#[test]
-fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_real_envoy() {
-    let exported = real_prometheus_output();
-    let names: BTreeSet<&str> = exported
+/// /stats/prometheus of the shipped fleet Envoy (envoy/fleet/envoy.yaml) with no rate limit
+/// service to reach: its limit is in local mode, and every fleet metric exists.
+fn real_fleet_prometheus_output() -> String {
+    let upstream = Upstream::start(Duration::ZERO).expect("upstream");
+    // A port nothing listens on: lease calls fail, the limit stays in local mode.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+    let envoy = fleet::start_envoy(upstream.port, closed, None, 2).unwrap_or_else(|e| panic!("{e}"));
+    let r = client::request(envoy.listener_port(), &Req::get("/checkout")).expect("a request");
+    assert_eq!(r.status, 200, "served with the local share");
+    // The first lease failure reaches the admin output at the next counter flush.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = envoy.admin_get("/stats/prometheus").map(|(_, body)| body).expect("/stats/prometheus");
+        let failed = body
+            .lines()
+            .any(|l| l.starts_with(r#"surgeguard_limit_lease_failures{limit="storefront"} "#) && !l.ends_with(" 0"));
+        if failed || std::time::Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn exported_names(exported: &str) -> BTreeSet<&str> {
+    exported
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| l.split(['{', ' ']).next())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_real_envoy() {
+    let exported = real_prometheus_output();
+    let fleet_exported = real_fleet_prometheus_output();
+    let mut names = exported_names(&exported);
+    names.extend(exported_names(&fleet_exported));
     // The stats_tags of envoy/ecds/envoy.yaml turn class and limit into labels.
     for series in [
         r#"surgeguard_class_admitted{class="critical"} 1"#,
@@ -131,6 +162,16 @@ fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_real_envoy() {
         assert!(exported.contains(series), "expected `{series}` in /stats/prometheus:\n{exported}");
     }
     assert!(!names.contains("surgeguard_class_critical_admitted"), "class is a label, not a name");
+    // The fleet config's stats_tags do the same for a fleet limit's gauge and lease counters.
+    for series in [
+        r#"surgeguard_limit_fleet_mode{limit="storefront"} 0"#,
+        r#"surgeguard_limit_lease_calls{limit="storefront"} "#,
+        r#"surgeguard_limit_lease_grants{limit="storefront"} 0"#,
+        r#"surgeguard_limit_lease_denials{limit="storefront"} 0"#,
+        r#"surgeguard_limit_lease_failures{limit="storefront"} "#,
+    ] {
+        assert!(fleet_exported.contains(series), "expected `{series}` in the fleet Envoy's output:\n{fleet_exported}");
+    }
 
     let mut read = BTreeSet::new();
     for expr in rule_exprs().iter().chain(dashboard_exprs().iter()) {

@@ -1,10 +1,12 @@
 //! Every example we ship is valid: each plugin configuration in `envoy/` (JSON files, Envoy and
-//! Istio YAML) and in the README passes the module's own parser, and `envoy/minimal.yaml`
-//! runs in a real Envoy as shipped.
+//! Istio YAML) and in the README passes the module's own parser, `envoy/minimal.yaml` runs in a
+//! real Envoy as shipped, and so does `envoy/fleet/envoy.yaml` against a real rate limit service
+//! given the shipped `envoy/fleet/limitador-limits.yaml`.
 
 use std::path::{Path, PathBuf};
 use surgeguard_e2e::client::{self, Req};
 use surgeguard_harness::envoy::{load_shipped, Envoy, Options};
+use surgeguard_harness::fleet;
 use surgeguard_harness::repo_root;
 use surgeguard_harness::upstream::Upstream;
 
@@ -60,6 +62,7 @@ fn assert_valid(origin: &str, json: &str) {
 fn every_json_example_is_a_valid_plugin_configuration() {
     let mut files = Vec::new();
     files_under(&repo_root().join("envoy"), "json", &mut files);
+    assert!(files.iter().any(|f| f.ends_with("envoy/fleet/storefront.json")), "the walk reaches envoy/fleet/");
     for f in &files {
         assert_valid(&f.display().to_string(), &std::fs::read_to_string(f).unwrap());
     }
@@ -69,7 +72,7 @@ fn every_json_example_is_a_valid_plugin_configuration() {
 fn every_yaml_example_embeds_valid_plugin_configurations() {
     let mut files = Vec::new();
     files_under(&repo_root().join("envoy"), "yaml", &mut files);
-    assert!(!files.is_empty());
+    assert!(files.iter().any(|f| f.ends_with("envoy/fleet/envoy.yaml")), "the walk reaches envoy/fleet/");
     // Templates hold a placeholder where a tool puts the JSON; their rendered output is checked.
     for f in files.iter().filter(|f| !f.to_string_lossy().contains(".template.")) {
         let text = std::fs::read_to_string(f).unwrap();
@@ -113,4 +116,72 @@ fn the_minimal_envoy_config_runs_as_shipped_and_limits() {
     let limited = replies.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status == 429)).count();
     assert!(limited > 0 && (160..200).contains(&ok), "ok {ok} limited {limited}");
     assert_eq!(client::request(port, &Req::get("/checkout")).unwrap().status, 200);
+}
+
+/// The plugin configurations embedded in a shipped YAML file.
+fn configs_in(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut configs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        embedded_configs(&serde_yaml::Value::deserialize(doc).unwrap(), &mut configs);
+    }
+    configs
+}
+
+#[test]
+fn the_fleet_example_s_envoy_config_service_limits_and_plugin_configuration_agree() {
+    let dir = repo_root().join("envoy/fleet");
+    let json = std::fs::read_to_string(dir.join("storefront.json")).unwrap();
+    assert_eq!(
+        configs_in(&dir.join("envoy.yaml")),
+        vec![json.clone()],
+        "envoy.yaml embeds storefront.json word for word"
+    );
+    let config: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let limit = &config["limits"][0];
+    let (name, fleet) = (limit["name"].as_str().unwrap(), &limit["fleet"]);
+    let (rate, burst) = (limit["tokens_per_second"].as_f64().unwrap(), limit["burst"].as_u64().unwrap());
+    let domain = fleet["domain"].as_str().unwrap();
+    let yaml = std::fs::read_to_string(dir.join("envoy.yaml")).unwrap();
+    assert!(yaml.contains(&format!("- name: {}\n", fleet["cluster"].as_str().unwrap())), "the cluster it names");
+    // Limitador: `burst` hits per `burst / tokens_per_second` seconds, for the default descriptor.
+    let limits: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("limitador-limits.yaml")).unwrap()).unwrap();
+    let l = &limits[0];
+    assert_eq!(l["namespace"].as_str(), Some(domain));
+    assert_eq!(l["max_value"].as_u64(), Some(burst));
+    assert_eq!(l["seconds"].as_f64(), Some(burst as f64 / rate));
+    let condition = format!("descriptors[0].surgeguard_limit == '{name}'");
+    assert_eq!(l["conditions"][0].as_str(), Some(condition.as_str()));
+    // envoyproxy/ratelimit: the same limit, in its whole units.
+    let rl: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("ratelimit-config.yaml")).unwrap()).unwrap();
+    assert_eq!(rl["domain"].as_str(), Some(domain));
+    let d = &rl["descriptors"][0];
+    assert_eq!((d["key"].as_str(), d["value"].as_str()), (Some("surgeguard_limit"), Some(name)));
+    assert_eq!(d["rate_limit"]["requests_per_unit"].as_u64(), Some(burst));
+    assert_eq!((d["rate_limit"]["unit"].as_str(), burst as f64 / rate), (Some("second"), 1.0));
+}
+
+#[test]
+fn the_fleet_envoy_config_runs_as_shipped_against_a_real_rate_limit_service() {
+    let limits = std::fs::read_to_string(repo_root().join("envoy/fleet/limitador-limits.yaml")).unwrap();
+    let service =
+        fleet::Service::start(&limits, std::time::Duration::from_millis(250)).unwrap_or_else(|e| panic!("{e}"));
+    let upstream = Upstream::start(std::time::Duration::ZERO).unwrap();
+    let envoy = fleet::start_envoy(upstream.port, service.port(), None, 2).unwrap_or_else(|e| panic!("{e}"));
+    let mode = || envoy.stats().get("wasmcustom.surgeguard.limit.storefront.fleet_mode").copied();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mode() != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "no lease granted:\n{}\n{}", envoy.log(), service.rls.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // 400 browse requests at once are more than a window's 200 (standard may take 140 of them).
+    let replies = client::requests(envoy.listener_port(), &vec![Req::get("/products/1"); 400]);
+    let ok = replies.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status == 200)).count();
+    let limited =
+        replies.iter().flatten().filter(|r| r.header("x-surgeguard") == Some("limit=storefront; class=standard"));
+    let limited = limited.count();
+    assert!(ok >= 100 && limited > 0 && ok + limited == 400, "ok {ok} limited {limited}");
+    assert!(envoy.log().contains("limit storefront: fleet mode: the rate limit service answered"), "{}", envoy.log());
 }

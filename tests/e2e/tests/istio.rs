@@ -1,6 +1,8 @@
-//! Every Istio manifest shipped in envoy/istio/ parses, is a WasmPlugin Istio accepts, and its
+//! Every Istio manifest shipped in envoy/istio/ parses and is a kind Istio accepts. A WasmPlugin's
 //! pluginConfig is the example JSON beside it, valid for the module's own validator both as
 //! written and as Istio delivers it (pluginConfig is a protobuf Struct: every number a double).
+//! A ServiceEntry (the rate limit service of a fleet-wide limit) yields the cluster a fleet
+//! limit's `fleet.cluster` names.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -54,13 +56,18 @@ fn validate(what: &str, config: &Value) {
     }
 }
 
+/// The manifests of one kind.
+fn of_kind(kind: &str) -> Vec<(PathBuf, Value)> {
+    manifests().into_iter().filter(|(_, m)| m["kind"] == kind).collect()
+}
+
 fn name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
 }
 
 #[test]
 fn ships_a_wasmplugin_for_a_sidecar_and_for_an_ingress_gateway() {
-    let all = manifests();
+    let all = of_kind("WasmPlugin");
     let selectors: Vec<&Value> = all.iter().map(|(_, m)| &m["spec"]["selector"]["matchLabels"]).collect();
     assert!(selectors.iter().any(|s| s["istio"] == "ingressgateway"), "one selects the ingress gateway: {selectors:?}");
     assert!(
@@ -71,9 +78,63 @@ fn ships_a_wasmplugin_for_a_sidecar_and_for_an_ingress_gateway() {
 }
 
 #[test]
-fn every_manifest_is_a_wasmplugin_istio_accepts() {
+fn every_manifest_is_a_wasmplugin_or_a_serviceentry() {
     let all = manifests();
     assert!(!all.is_empty(), "no manifest in envoy/istio/");
+    for (path, m) in &all {
+        let kind = m["kind"].as_str().unwrap_or_default();
+        assert!(["WasmPlugin", "ServiceEntry"].contains(&kind), "{}: unexpected kind {kind}", name(path));
+    }
+}
+
+#[test]
+fn every_serviceentry_is_one_istio_accepts() {
+    for (path, m) in &of_kind("ServiceEntry") {
+        let f = name(path);
+        assert_eq!(m["apiVersion"], "networking.istio.io/v1", "{f}");
+        assert!(m["metadata"]["name"].is_string() && m["metadata"]["namespace"].is_string(), "{f}");
+        assert!(m["spec"]["hosts"].as_array().is_some_and(|h| !h.is_empty()), "{f}: hosts");
+        assert!(m["spec"]["ports"].as_array().is_some_and(|p| !p.is_empty()), "{f}: ports");
+    }
+}
+
+/// The Envoy clusters Istio builds for a ServiceEntry: `outbound|<port>||<host>`, and whether it
+/// speaks HTTP/2 (gRPC needs it).
+fn clusters_of(entry: &Value) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for host in entry["spec"]["hosts"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        for port in entry["spec"]["ports"].as_array().into_iter().flatten() {
+            let http2 = ["GRPC", "HTTP2", "GRPC-WEB"].contains(&port["protocol"].as_str().unwrap_or_default());
+            out.push((format!("outbound|{}||{host}", port["number"]), http2));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_cluster_a_fleet_limit_names_is_the_one_the_shipped_serviceentry_yields() {
+    let entries = of_kind("ServiceEntry");
+    assert!(!entries.is_empty(), "a ServiceEntry for the rate limit service");
+    let yielded: Vec<(String, bool)> = entries.iter().flat_map(|(_, m)| clusters_of(m)).collect();
+    let mut named = 0;
+    for example in files("json") {
+        let json: Value = serde_json::from_slice(&std::fs::read(&example).expect("read")).expect("JSON");
+        for cluster in json["limits"].as_array().into_iter().flatten().filter_map(|l| l["fleet"]["cluster"].as_str()) {
+            named += 1;
+            assert!(
+                yielded.contains(&(cluster.to_string(), true)),
+                "{}: fleet.cluster {cluster} is not an HTTP/2 cluster of a shipped ServiceEntry: {yielded:?}",
+                name(&example)
+            );
+        }
+    }
+    assert!(named > 0, "sidecar-fleet.json names a cluster");
+}
+
+#[test]
+fn every_wasmplugin_is_one_istio_accepts() {
+    let all = of_kind("WasmPlugin");
+    assert!(!all.is_empty(), "no WasmPlugin in envoy/istio/");
     for (path, m) in &all {
         let f = name(path);
         assert_eq!(m["apiVersion"], "extensions.istio.io/v1alpha1", "{f}");
@@ -116,7 +177,7 @@ fn every_manifest_is_a_wasmplugin_istio_accepts() {
 
 #[test]
 fn every_plugin_config_is_its_example_json_word_for_word() {
-    let all = manifests();
+    let all = of_kind("WasmPlugin");
     let examples = files("json");
     assert!(!examples.is_empty(), "no example JSON in envoy/istio/");
     for example in &examples {

@@ -24,6 +24,17 @@ pub struct LeaseCall {
     pub deadline_ns: u64,
 }
 
+/// What applying an answer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The lease took it; the mode switch it caused, if any.
+    Switched(Switch),
+    /// It answers a call already declared failed at its deadline (and counted then): ignored.
+    Stale,
+    /// Storage failed: the call will expire at its deadline.
+    StorageFailed,
+}
+
 /// What one tick found: calls this worker claimed, and limits whose mode changed (a call that
 /// passed its deadline unanswered switches its limit to local mode).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,9 +90,7 @@ impl Admission {
         .ok()
     }
 
-    /// Applies the service's answer to the call `limit` claimed with `call_deadline_ns`; returns
-    /// the mode switch it caused, or `None` if storage failed (the call then expires at its
-    /// deadline).
+    /// Applies the service's answer to the call `limit` claimed with `call_deadline_ns`.
     pub fn apply_lease_answer(
         &self,
         limit: LimitId,
@@ -89,21 +98,22 @@ impl Admission {
         answer: Answer,
         now_ns: u64,
         store: &dyn SharedStore,
-    ) -> Option<Switch> {
-        let fleet = self.policy.limit(limit)?.fleet.as_ref()?;
+    ) -> Applied {
+        let Some(fleet) = self.policy.limit(limit).and_then(|l| l.fleet.as_ref()) else { return Applied::Stale };
         let id = self.lease_id(limit);
         update(store, &self.record_key, |stored| {
             let mut record = Record::from_bytes(stored.unwrap_or_default());
             let mut lease = record.lease(id);
-            let before = lease;
-            let switch = lease.on_answer(answer, call_deadline_ns, &fleet.lease, now_ns);
-            if lease == before {
-                return Change::Keep(switch);
+            match lease.on_answer(answer, call_deadline_ns, &fleet.lease, now_ns) {
+                None => Change::Keep(Applied::Stale),
+                Some(switch) => {
+                    record.set_lease(id, &lease);
+                    Change::Write(record, Applied::Switched(switch))
+                }
             }
-            record.set_lease(id, &lease);
-            Change::Write(record, switch)
         })
         .ok()
+        .unwrap_or(Applied::StorageFailed)
     }
 
     /// Each fleet limit's lease as stored (for gauges, tests and tools).

@@ -35,7 +35,10 @@ fn grant(a: &Admission, remaining: u64, now: u64, store: &dyn SharedStore) -> u3
     let tick = a.lease_calls_due(now, store).unwrap();
     let call = tick.calls.first().unwrap_or_else(|| panic!("no call due: {tick:?}"));
     let answer = Answer::Granted { remaining: Some(remaining), until_reset_ns: Some(2 * NS_PER_S) };
-    a.apply_lease_answer(call.limit, call.deadline_ns, answer, now + MS, store).unwrap();
+    assert!(matches!(
+        a.apply_lease_answer(call.limit, call.deadline_ns, answer, now + MS, store),
+        Applied::Switched(_)
+    ));
     call.hits
 }
 
@@ -104,10 +107,26 @@ fn a_failed_call_falls_back_and_a_later_probe_returns_to_fleet_mode() {
     let tick = a.lease_calls_due(T0, &store).unwrap();
     let call = &tick.calls[0];
     let failed = a.apply_lease_answer(call.limit, call.deadline_ns, Answer::Failed, T0 + MS, &store);
-    assert_eq!(failed, Some(Switch::ToLocal), "local already, but its first failure is reported");
+    assert_eq!(failed, Applied::Switched(Switch::ToLocal), "local already, but its first failure is reported");
     assert!(a.lease_calls_due(T0 + 2 * MS, &store).unwrap().calls.is_empty(), "no probe before its time");
     assert!(grant(&a, 900, T0 + 600 * MS, &store) > 0);
     assert_eq!(a.leases(&store)[0].1.mode, Mode::Fleet);
+}
+
+#[test]
+fn an_answer_to_a_call_already_declared_failed_is_stale_and_changes_nothing() {
+    let a = admission();
+    let store = MemoryStore::default();
+    grant(&a, 900, T0, &store);
+    while a.lease_calls_due(T0 + 2 * MS, &store).unwrap().calls.is_empty() {
+        decide(&a, "/checkout", T0 + 2 * MS, &store);
+    }
+    let deadline = a.leases(&store)[0].1.call_deadline_ns;
+    assert_eq!(a.lease_calls_due(deadline, &store).unwrap().switches, vec![(LimitId(0), Switch::ToLocal)]);
+    let before = a.leases(&store);
+    // Envoy's own timeout answers the same call at the same deadline.
+    assert_eq!(a.apply_lease_answer(LimitId(0), deadline, Answer::Failed, deadline, &store), Applied::Stale);
+    assert_eq!(a.leases(&store), before);
 }
 
 #[test]

@@ -175,10 +175,16 @@ impl Lease {
 
     /// Applies the service's answer to the call claimed with deadline `call_deadline_ns` (the
     /// call's identity). An answer to an earlier call, one already declared failed at its
-    /// deadline, is ignored: its hits are lost to the fleet rather than counted twice.
-    pub fn on_answer(&mut self, answer: Answer, call_deadline_ns: u64, params: &LeaseParams, now_ns: u64) -> Switch {
+    /// deadline, is ignored (`None`): its hits are lost to the fleet rather than counted twice.
+    pub fn on_answer(
+        &mut self,
+        answer: Answer,
+        call_deadline_ns: u64,
+        params: &LeaseParams,
+        now_ns: u64,
+    ) -> Option<Switch> {
         if call_deadline_ns == 0 || call_deadline_ns != self.call_deadline_ns {
-            return Switch::None;
+            return None;
         }
         let hits = self.call_hits;
         self.call_deadline_ns = 0;
@@ -210,9 +216,9 @@ impl Lease {
             Answer::Failed => self.fail(params, now_ns),
         }
         if first_failure {
-            return Switch::ToLocal;
+            return Some(Switch::ToLocal);
         }
-        switch(before, self.mode)
+        Some(switch(before, self.mode))
     }
 
     /// Declares the call in flight failed if its deadline has passed.
@@ -220,7 +226,7 @@ impl Lease {
         if self.call_deadline_ns == 0 || now_ns < self.call_deadline_ns {
             return Switch::None;
         }
-        self.on_answer(Answer::Failed, self.call_deadline_ns, params, now_ns)
+        self.on_answer(Answer::Failed, self.call_deadline_ns, params, now_ns).unwrap_or(Switch::None)
     }
 
     fn fail(&mut self, params: &LeaseParams, now_ns: u64) {

@@ -22,7 +22,7 @@ fn params() -> LeaseParams {
 impl Lease {
     /// Answers the call in flight.
     fn on_answer_now(&mut self, answer: Answer, params: &LeaseParams, now_ns: u64) -> Switch {
-        self.on_answer(answer, self.call_deadline_ns, params, now_ns)
+        self.on_answer(answer, self.call_deadline_ns, params, now_ns).expect("the call in flight")
     }
 }
 
@@ -196,7 +196,7 @@ fn a_late_answer_to_a_call_declared_failed_is_ignored() {
     let first = l.call_deadline_ns;
     l.expire_call(&p, first);
     l.start_call(&p, first + p.probe_period_ns).unwrap();
-    assert_eq!(l.on_answer(granted(500), first, &p, first + p.probe_period_ns + MS), Switch::None);
+    assert_eq!(l.on_answer(granted(500), first, &p, first + p.probe_period_ns + MS), None, "stale");
     assert_eq!((l.mode, l.tokens), (Mode::Local, 0), "the late grant counted nothing");
     assert_eq!(l.on_answer_now(granted(500), &p, first + p.probe_period_ns + MS), Switch::ToFleet);
 }

@@ -10,7 +10,7 @@
 
 use super::adapters::HostStore;
 use super::root::ConfigInForce;
-use crate::fleet::{answer_from, mode_gauge, LeaseCall};
+use crate::fleet::{answer_from, mode_gauge, Applied, LeaseCall};
 use crate::ids::LimitId;
 use crate::lease::{Answer, Mode, Switch};
 use crate::metrics::{lease_counter, LeaseOutcome};
@@ -77,15 +77,17 @@ impl LeaseCalls {
             // Envoy refused to make it (no such cluster, say): the call failed, now.
             Err(status) => {
                 count(config, call.limit, LeaseOutcome::Failure);
-                let switch = config.admission.apply_lease_answer(
+                let applied = config.admission.apply_lease_answer(
                     call.limit,
                     call.deadline_ns,
                     Answer::Failed,
                     now_ns,
                     &HostStore,
                 );
-                let why = format!("Envoy refused the call to cluster {} ({status:?})", fleet.cluster);
-                report(config, call.limit, switch.unwrap_or(Switch::None), &why);
+                if let Applied::Switched(switch) = applied {
+                    let why = format!("Envoy refused the call to cluster {} ({status:?})", fleet.cluster);
+                    report(config, call.limit, switch, &why);
+                }
             }
         }
     }
@@ -107,14 +109,21 @@ impl LeaseCalls {
             Answer::OverLimit { .. } => LeaseOutcome::Denial,
             Answer::Failed => LeaseOutcome::Failure,
         };
+        let switch =
+            match call.config.admission.apply_lease_answer(call.limit, call.deadline_ns, answer, now_ns, &HostStore) {
+                // Counted when the tick declared it failed at its deadline (Envoy's own timeout
+                // answers at that same deadline).
+                Applied::Stale => return,
+                Applied::StorageFailed => Switch::None,
+                Applied::Switched(switch) => switch,
+            };
         count(&call.config, call.limit, outcome);
-        let switch = call.config.admission.apply_lease_answer(call.limit, call.deadline_ns, answer, now_ns, &HostStore);
         let why = match answer {
             Answer::Failed if status_code != 0 => format!("the rate limit service failed (gRPC status {status_code})"),
             Answer::Failed => "the rate limit service's answer could not be read".to_string(),
             _ => "the rate limit service answered".to_string(),
         };
-        report(&call.config, call.limit, switch.unwrap_or(Switch::None), &why);
+        report(&call.config, call.limit, switch, &why);
     }
 
     /// Cancels calls Envoy has not answered well past their deadline.

@@ -123,7 +123,16 @@ fn fail(message: String) -> ExitCode {
 
 enum Limiter {
     Memory(RateLimiter),
-    Redis { limiter: AsyncRateLimiter, timeout: Duration, failing: AtomicBool },
+    Redis {
+        limiter: AsyncRateLimiter,
+        timeout: Duration,
+        failing: AtomicBool,
+        /// Limitador's Redis storage checks the counters, then increments them (two round trips,
+        /// not one script): two calls at once could each find room and together overshoot the
+        /// limit by a lease. One call at a time keeps this service exact (several services on
+        /// one Redis still can overshoot); leases are a few calls per second per Envoy.
+        serial: tokio::sync::Mutex<()>,
+    },
 }
 
 impl Limiter {
@@ -145,7 +154,7 @@ impl Limiter {
             .await
             .map_err(|e| format!("Redis at {url}: loading Limitador's scripts: {e}"))?;
         let limiter = AsyncRateLimiterBuilder::new(AsyncStorage::with_counter_storage(Box::new(storage))).build();
-        Ok(Limiter::Redis { limiter, timeout, failing: AtomicBool::new(false) })
+        Ok(Limiter::Redis { limiter, timeout, failing: AtomicBool::new(false), serial: tokio::sync::Mutex::new(()) })
     }
 
     async fn configure(&self, limits: Vec<Limit>) -> Result<(), LimitadorError> {
@@ -159,17 +168,18 @@ impl Limiter {
     async fn check_and_update(&self, call: &Call, descriptors_read: usize) -> Result<CheckResult, Status> {
         let namespace: Namespace = call.namespace.as_str().into();
         let ctx = call.context(descriptors_read);
-        let (limiter, timeout, failing) = match self {
+        let (limiter, timeout, failing, serial) = match self {
             Limiter::Memory(l) => return l.check_rate_limited_and_update(&namespace, &ctx, call.hits).map_err(status),
-            Limiter::Redis { limiter, timeout, failing } => (limiter, timeout, failing),
+            Limiter::Redis { limiter, timeout, failing, serial } => (limiter, timeout, failing, serial),
         };
-        let result =
-            match tokio::time::timeout(*timeout, limiter.check_rate_limited_and_update(&namespace, &ctx, call.hits))
-                .await
-            {
-                Ok(result) => result.map_err(status),
-                Err(_) => Err(Status::unavailable(format!("Redis did not answer within {} ms", timeout.as_millis()))),
-            };
+        let one_at_a_time = async {
+            let _turn = serial.lock().await;
+            limiter.check_rate_limited_and_update(&namespace, &ctx, call.hits).await
+        };
+        let result = match tokio::time::timeout(*timeout, one_at_a_time).await {
+            Ok(result) => result.map_err(status),
+            Err(_) => Err(Status::unavailable(format!("Redis did not answer within {} ms", timeout.as_millis()))),
+        };
         // One log line per change of state, not one per call.
         match &result {
             Err(e) if !failing.swap(true, Ordering::Relaxed) => {

@@ -328,6 +328,53 @@ impl Controller {
         self.confirmed
     }
 
+    /// The state as words, for shared storage (read back by [`Controller::from_words`]):
+    /// L, flags, the last cut, then per class its baseline and pending completions.
+    pub fn to_words(&self) -> Vec<u64> {
+        let cut = self.last_cut.unwrap_or(CutMark { level_log2: 0.0, mean_in_flight: 0.0 });
+        let flags = u64::from(self.confirmed) | u64::from(self.last_cut.is_some()) << 1;
+        let mut words = vec![self.limit.to_bits(), flags, cut.level_log2.to_bits(), cut.mean_in_flight.to_bits()];
+        words.push(self.baselines.len() as u64);
+        for (b, p) in self.baselines.iter().zip(&self.pending) {
+            words.extend([u64::from(b.is_some()), b.unwrap_or(0.0).to_bits(), p.completed, p.log2_sum, p.log2_sq_sum]);
+        }
+        words
+    }
+
+    /// The state [`Controller::to_words`] wrote; `None` if the words are not such a state.
+    pub fn from_words(words: &[u64]) -> Option<Controller> {
+        let (&[limit, flags, level, mean, classes], rest) = words.split_first_chunk::<5>()?;
+        let classes = usize::try_from(classes).ok().filter(|&n| rest.len() == 5 * n)?;
+        let limit = f64::from_bits(limit);
+        if !limit.is_finite() {
+            return None;
+        }
+        let mut baselines = Vec::with_capacity(classes);
+        let mut pending = Vec::with_capacity(classes);
+        for c in rest.chunks_exact(5) {
+            let &[has, base, completed, log2_sum, log2_sq_sum] = c else { return None };
+            baselines.push((has != 0).then(|| f64::from_bits(base)).filter(|b| b.is_finite()));
+            pending.push(ClassWindow { completed, log2_sum, log2_sq_sum });
+        }
+        let last_cut = (flags & 2 != 0)
+            .then(|| CutMark { level_log2: f64::from_bits(level), mean_in_flight: f64::from_bits(mean) });
+        Some(Controller { limit, baselines, pending, confirmed: flags & 1 != 0, last_cut })
+    }
+
+    /// The baselines weighted by `window`'s class mix (a geometric mean), in microseconds:
+    /// the latency the window's traffic would see unloaded. `None` without completions of a
+    /// class with a baseline.
+    pub fn mix_baseline_us(&self, window: &WindowStats) -> Option<f64> {
+        let (mut n, mut sum) = (0.0, 0.0);
+        for (c, b) in window.classes.iter().zip(&self.baselines) {
+            if let (Some(b), true) = (b, c.completed > 0) {
+                n += c.completed as f64;
+                sum += c.completed as f64 * b;
+            }
+        }
+        (n > 0.0).then(|| (sum / n).exp2())
+    }
+
     /// One control window: updates L and the baselines from the window's statistics.
     pub fn update(&mut self, window: &WindowStats, params: &AdaptiveParams) -> Change {
         let from = self.limit();

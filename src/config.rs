@@ -970,11 +970,8 @@ impl Compiler {
                 if (MIN_TOLERANCE..=MAX_TOLERANCE).contains(&n) {
                     Some(n)
                 } else {
-                    self.error(
-                        "concurrency.adaptive.tolerance",
-                        format!("must be between {MIN_TOLERANCE} and {MAX_TOLERANCE}"),
-                        Some(t),
-                    );
+                    // A literal: formatting the floats would bring float printing into the module.
+                    self.error("concurrency.adaptive.tolerance", "must be between 1.05 and 4", Some(t));
                     None
                 }
             }),

@@ -156,12 +156,18 @@ impl Admission {
     /// What the controller's state was learned for: the classes with their reserves and the
     /// parameters.
     fn controller_fingerprint(&self, adaptive: &Adaptive) -> u64 {
+        // Bits, not text: formatting floats would bring float printing into the module.
         let p = &adaptive.params;
-        let mut text = format!("{}/{}/{}/{}", p.ceiling, p.floor, p.tolerance, p.window_ms);
-        for c in &self.policy.classes {
-            text.push_str(&format!("/{}:{}", c.name, c.reserve));
+        let mut text = Vec::new();
+        for word in [u64::from(p.ceiling), u64::from(p.floor), p.tolerance.to_bits(), p.window_ms] {
+            text.extend(word.to_le_bytes());
         }
-        keyhash::hash(0, 1, text.as_bytes())
+        for c in &self.policy.classes {
+            text.extend(c.reserve.to_bits().to_le_bytes());
+            text.extend(c.name.as_bytes());
+            text.push(0);
+        }
+        keyhash::hash(0, 1, &text)
     }
 }
 

@@ -76,12 +76,12 @@ pub fn define(kind: MetricType, name: &str) -> Option<u32> {
 }
 
 impl Metrics {
-    /// `adaptive_start`: L before the first control window, with an adaptive limit.
+    /// `adaptive`: L before the first control window and the floor, with an adaptive limit.
     pub fn new(
         counter_names: &[String],
         fleet_mode_gauges: &[String],
         max_in_flight: Option<u32>,
-        adaptive_start: Option<u32>,
+        adaptive: Option<(u32, u32)>,
     ) -> Metrics {
         let with_in_flight = max_in_flight.is_some();
         if let Some(max) = max_in_flight {
@@ -96,7 +96,10 @@ impl Metrics {
             in_flight_total: Cell::new(None),
             // Every fleet limit starts in local mode (0) until the service answers.
             fleet_modes: fleet_mode_gauges.iter().map(|n| define(MetricType::Gauge, n)).collect(),
-            adaptive: adaptive_start.map(|start| {
+            adaptive: adaptive.map(|(start, floor)| {
+                if let Some(id) = define(MetricType::Gauge, crate::metrics::ADAPTIVE_FLOOR_GAUGE) {
+                    let _ = hostcalls::record_metric(id, u64::from(floor));
+                }
                 let m = AdaptiveMetrics {
                     limit: define(MetricType::Gauge, crate::metrics::ADAPTIVE_LIMIT_GAUGE),
                     baseline_us: define(MetricType::Gauge, crate::metrics::ADAPTIVE_BASELINE_GAUGE),

@@ -120,8 +120,9 @@ impl RootContext for SurgeguardRoot {
         let policy = &admission.policy;
         let names = crate::metrics::counter_names(policy);
         let fleet_gauges = crate::metrics::fleet_mode_gauge_names(policy);
-        let adaptive_start =
-            admission.adaptive().map(|a| admission.adaptive_limit(&HostStore).unwrap_or(a.params.ceiling));
+        let adaptive_start = admission
+            .adaptive()
+            .map(|a| (admission.adaptive_limit(&HostStore).unwrap_or(a.params.ceiling), a.params.floor));
         let max_in_flight = policy.concurrency.as_ref().map(|c| c.max_in_flight);
         let metrics = Metrics::new(&names, &fleet_gauges, max_in_flight, adaptive_start);
         // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive;

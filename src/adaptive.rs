@@ -305,7 +305,7 @@ impl Controller {
     /// A controller for `classes` classes with L at `initial` (clamped into `[floor, ceiling]`).
     pub fn new(classes: usize, initial: u32, params: &AdaptiveParams) -> Controller {
         Controller {
-            limit: f64::from(initial).clamp(params.floor_f(), params.ceiling_f()),
+            limit: within(f64::from(initial), params.floor_f(), params.ceiling_f()),
             baselines: vec![None; classes],
             pending: vec![ClassWindow::default(); classes],
             confirmed: false,
@@ -326,6 +326,53 @@ impl Controller {
     /// Whether the baselines were learned or confirmed (not a cold start under load).
     pub fn confirmed(&self) -> bool {
         self.confirmed
+    }
+
+    /// The state as words, for shared storage (read back by [`Controller::from_words`]):
+    /// L, flags, the last cut, then per class its baseline and pending completions.
+    pub fn to_words(&self) -> Vec<u64> {
+        let cut = self.last_cut.unwrap_or(CutMark { level_log2: 0.0, mean_in_flight: 0.0 });
+        let flags = u64::from(self.confirmed) | u64::from(self.last_cut.is_some()) << 1;
+        let mut words = vec![self.limit.to_bits(), flags, cut.level_log2.to_bits(), cut.mean_in_flight.to_bits()];
+        words.push(self.baselines.len() as u64);
+        for (b, p) in self.baselines.iter().zip(&self.pending) {
+            words.extend([u64::from(b.is_some()), b.unwrap_or(0.0).to_bits(), p.completed, p.log2_sum, p.log2_sq_sum]);
+        }
+        words
+    }
+
+    /// The state [`Controller::to_words`] wrote; `None` if the words are not such a state.
+    pub fn from_words(words: &[u64]) -> Option<Controller> {
+        let (&[limit, flags, level, mean, classes], rest) = words.split_first_chunk::<5>()?;
+        let classes = usize::try_from(classes).ok().filter(|&n| rest.len() == 5 * n)?;
+        let limit = f64::from_bits(limit);
+        if !limit.is_finite() {
+            return None;
+        }
+        let mut baselines = Vec::with_capacity(classes);
+        let mut pending = Vec::with_capacity(classes);
+        for c in rest.chunks_exact(5) {
+            let &[has, base, completed, log2_sum, log2_sq_sum] = c else { return None };
+            baselines.push((has != 0).then(|| f64::from_bits(base)).filter(|b| b.is_finite()));
+            pending.push(ClassWindow { completed, log2_sum, log2_sq_sum });
+        }
+        let last_cut = (flags & 2 != 0)
+            .then(|| CutMark { level_log2: f64::from_bits(level), mean_in_flight: f64::from_bits(mean) });
+        Some(Controller { limit, baselines, pending, confirmed: flags & 1 != 0, last_cut })
+    }
+
+    /// The baselines weighted by `window`'s class mix (a geometric mean), in microseconds:
+    /// the latency the window's traffic would see unloaded. `None` without completions of a
+    /// class with a baseline.
+    pub fn mix_baseline_us(&self, window: &WindowStats) -> Option<f64> {
+        let (mut n, mut sum) = (0.0, 0.0);
+        for (c, b) in window.classes.iter().zip(&self.baselines) {
+            if let (Some(b), true) = (b, c.completed > 0) {
+                n += c.completed as f64;
+                sum += c.completed as f64 * b;
+            }
+        }
+        (n > 0.0).then(|| (sum / n).exp2())
     }
 
     /// One control window: updates L and the baselines from the window's statistics.
@@ -349,7 +396,7 @@ impl Controller {
         let error_share = window.errors as f64 / outcomes.max(1) as f64;
         let errors_cut = window.errors >= params.min_errors && error_share > params.error_share;
         let error_factor = if errors_cut {
-            (1.0 - error_share).clamp(params.max_decrease.clamp(0.0, 1.0), params.error_cut.clamp(0.0, 1.0))
+            within(1.0 - error_share, within(params.max_decrease, 0.0, 1.0), within(params.error_cut, 0.0, 1.0))
         } else {
             1.0
         };
@@ -410,9 +457,9 @@ impl Controller {
         let old = self.limit;
         let mut limit = old;
         if factor < 1.0 {
-            limit = old * factor.max(params.max_decrease.clamp(0.0, 1.0));
+            limit = old * factor.max(within(params.max_decrease, 0.0, 1.0));
         } else if binding {
-            let grow_log2 = params.grow_tolerance.clamp(1.0, params.tolerance.max(1.0)).log2();
+            let grow_log2 = within(params.grow_tolerance, 1.0, params.tolerance.max(1.0)).log2();
             if judgement.is_some_and(|j| j.excess <= grow_log2) && self.confirmed {
                 limit = old + (params.growth.max(0.0) * old).max(1.0);
                 cause = Cause::Grew;
@@ -420,11 +467,11 @@ impl Controller {
         } else {
             let target = (params.headroom * window.peak_in_flight as f64).max(floor);
             if old > target {
-                limit = (old * params.idle_decay.clamp(0.0, 1.0)).max(target);
+                limit = (old * within(params.idle_decay, 0.0, 1.0)).max(target);
                 cause = Cause::Decayed;
             }
         }
-        self.limit = if limit.is_finite() { limit.clamp(floor, ceiling) } else { old.clamp(floor, ceiling) };
+        self.limit = if limit.is_finite() { within(limit, floor, ceiling) } else { within(old, floor, ceiling) };
 
         // Baselines (rule 5).
         self.learn(window, binding || errors_cut, params);
@@ -520,11 +567,18 @@ impl Controller {
     }
 }
 
+/// `x` within `[lo, hi]` (`hi` if the bounds cross). Not `f64::clamp`: its assertion formats
+/// floats, which brings float printing (~20 KB) into the wasm module, and it panics on crossed
+/// bounds.
+fn within(x: f64, lo: f64, hi: f64) -> f64 {
+    x.max(lo).min(hi)
+}
+
 /// The highest in-flight count (including the request) a class with `reserve` may reach under
 /// limit `limit`: `floor((1 - reserve) x L)`. Class c is admitted iff `in_flight + 1 <=` this.
 pub fn class_max(limit: u32, reserve: f64) -> u32 {
     // The epsilon absorbs 0.8 x 200 = 159.99999 (as config does for the static limit).
-    ((1.0 - reserve.clamp(0.0, 1.0)) * f64::from(limit) + 1e-9).floor() as u32
+    ((1.0 - within(reserve, 0.0, 1.0)) * f64::from(limit) + 1e-9).floor() as u32
 }
 
 /// [`class_max`] for every class, indexed like `reserves`.

@@ -11,6 +11,7 @@
 //! as written) and walked by hand, so that every problem is found in one pass with its exact
 //! path. An object's unknown and repeated fields are reported in document order.
 
+use crate::adaptive::AdaptiveParams;
 use crate::ids::{ClassId, LimitId};
 use crate::json::{self, Map, Value};
 use crate::lease::LeaseParams;
@@ -26,6 +27,12 @@ pub const MAX_WINDOW_S: f64 = 1e9;
 pub const MAX_IN_FLIGHT: u64 = 1_000_000;
 pub const MAX_LIMITS: usize = 64;
 pub const DEFAULT_SHED_RETRY_AFTER_S: u64 = 1;
+/// `concurrency.adaptive.tolerance` bounds.
+pub const MIN_TOLERANCE: f64 = 1.05;
+pub const MAX_TOLERANCE: f64 = 4.0;
+/// `concurrency.adaptive.window_ms` bounds.
+pub const MIN_WINDOW_MS: u64 = 50;
+pub const MAX_WINDOW_MS: u64 = 10_000;
 pub const NS_PER_S: u64 = 1_000_000_000;
 pub const DEFAULT_FLEET_TIMEOUT_MS: u64 = 50;
 pub const MAX_FLEET_TIMEOUT_MS: u64 = 5_000;
@@ -151,10 +158,23 @@ impl Fleet {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Concurrency {
+    /// The static limit; with `adaptive`, the ceiling of L.
     pub max_in_flight: u32,
-    /// Per class: the highest in-flight count (including this request) the class may reach.
+    /// Per class: the highest in-flight count (including this request) the class may reach
+    /// under the static limit.
     pub class_max_in_flight: Vec<u32>,
     pub retry_after_s: u64,
+    /// The adaptive limit (`concurrency.adaptive`); `None`: static.
+    pub adaptive: Option<Adaptive>,
+}
+
+/// The adaptive in-flight limit: the controller's parameters (ceiling `max_in_flight`) and each
+/// class's reserve, applied to L at every decision (`adaptive::class_max`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adaptive {
+    pub params: AdaptiveParams,
+    /// Per class, indexed like `Policy::classes`.
+    pub reserves: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,9 +212,24 @@ impl Limit {
 }
 
 impl Concurrency {
-    /// The highest in-flight count (including this request) `class` may reach.
+    /// The highest in-flight count (including this request) `class` may reach under the
+    /// static limit.
     pub fn class_max(&self, class: ClassId) -> u32 {
         self.class_max_in_flight.get(class.index()).copied().unwrap_or(0)
+    }
+}
+
+impl Adaptive {
+    /// L as the decision uses it: the stored value (`None` before the first control window:
+    /// the ceiling) within `[floor, ceiling]`, so a reload that narrows the range applies at once.
+    pub fn limit(&self, stored: Option<u32>) -> u32 {
+        let p = &self.params;
+        stored.unwrap_or(p.ceiling).clamp(p.floor.min(p.ceiling), p.ceiling)
+    }
+
+    /// The highest in-flight count (including this request) `class` may reach under `limit`.
+    pub fn class_max(&self, class: ClassId, limit: u32) -> u32 {
+        crate::adaptive::class_max(limit, self.reserves.get(class.index()).copied().unwrap_or(0.0))
     }
 }
 
@@ -253,6 +288,10 @@ pub const REFERENCE: &[FieldDoc] = &[
     doc("concurrency", false, "no limit", "The in-flight limit."),
     doc("concurrency.max_in_flight", true, "", "Most requests in flight to the upstream at once, across all workers, 1 to 1000000."),
     doc("concurrency.retry_after_s", false, "1", "`retry-after` of a shed (503) reply, 1 to 3600."),
+    doc("concurrency.adaptive", false, "none (static)", "Makes the in-flight limit adaptive: the limit L in force follows the upstream's latency and errors, between `floor` and `max_in_flight` (its ceiling and its start), and the reserves apply to L. `{}` takes every default. See docs/adaptive.md."),
+    doc("concurrency.adaptive.floor", false, "max(1, max_in_flight / 50)", "The least L may fall to, 1 to `max_in_flight`."),
+    doc("concurrency.adaptive.tolerance", false, "1.25", "Latency up to this many times its baseline is not cut (1.05 to 4.0)."),
+    doc("concurrency.adaptive.window_ms", false, "200", "The control window: L moves once per window (50 to 10000)."),
 ];
 
 /// The paths of [`REFERENCE`] alone, computed at compile time: what the parser needs, so the
@@ -900,13 +939,53 @@ impl Compiler {
             None => Some(DEFAULT_SHED_RETRY_AFTER_S),
             Some(r) => self.integer("concurrency.retry_after_s", r, 1, 3600),
         };
-        let (max, retry_after_s) = (max?, retry_after_s?);
+        let adaptive = match (obj.get("adaptive"), max) {
+            (None, _) => Some(None),
+            (Some(a), Some(max)) => self.adaptive(a, max as u32, classes).map(Some),
+            (Some(a), None) => {
+                // Still report its own problems.
+                let _ = self.adaptive(a, MAX_IN_FLIGHT as u32, classes);
+                None
+            }
+        };
+        let (max, retry_after_s, adaptive) = (max?, retry_after_s?, adaptive?);
         let class_max_in_flight = classes
             .iter()
             // in_flight + 1 <= (1 - reserve) x max; the epsilon absorbs 0.8 x 200 = 159.99999.
             .map(|c| ((1.0 - c.reserve) * max as f64 + 1e-9).floor() as u32)
             .collect();
-        Some(Concurrency { max_in_flight: max as u32, class_max_in_flight, retry_after_s })
+        Some(Concurrency { max_in_flight: max as u32, class_max_in_flight, retry_after_s, adaptive })
+    }
+
+    fn adaptive(&mut self, v: &Value, ceiling: u32, classes: &[Class]) -> Option<Adaptive> {
+        let obj = self.object("concurrency.adaptive", v, "concurrency.adaptive")?;
+        let mut params = AdaptiveParams::with_ceiling(ceiling);
+        let floor = match obj.get("floor") {
+            None => Some(params.floor),
+            Some(f) => self.integer("concurrency.adaptive.floor", f, 1, u64::from(ceiling)).map(|f| f as u32),
+        };
+        let tolerance = match obj.get("tolerance") {
+            None => Some(params.tolerance),
+            Some(t) => self.number("concurrency.adaptive.tolerance", t).and_then(|n| {
+                if (MIN_TOLERANCE..=MAX_TOLERANCE).contains(&n) {
+                    Some(n)
+                } else {
+                    // A literal: formatting the floats would bring float printing into the module.
+                    self.error("concurrency.adaptive.tolerance", "must be between 1.05 and 4", Some(t));
+                    None
+                }
+            }),
+        };
+        let window_ms = match obj.get("window_ms") {
+            None => Some(params.window_ms),
+            Some(w) => self.integer("concurrency.adaptive.window_ms", w, MIN_WINDOW_MS, MAX_WINDOW_MS),
+        };
+        params.floor = floor?;
+        params.tolerance = tolerance?;
+        params.window_ms = window_ms?;
+        // The band under the cut: growth stops before a cut would start.
+        params.grow_tolerance = params.grow_tolerance.min(params.tolerance);
+        Some(Adaptive { params, reserves: classes.iter().map(|c| c.reserve).collect() })
     }
 }
 

@@ -242,7 +242,8 @@ fn every_documented_field_is_accepted() {
                  {"name": "f", "tokens_per_second": 1, "burst": 4,
                   "fleet": {"cluster": "rls", "domain": "d", "descriptor": [{"key": "k", "value": "v"}],
                             "local_share": 0.5, "timeout_ms": 20, "refill_ms": 100, "max_lease": 2}}],
-      "concurrency": {"max_in_flight": 1, "retry_after_s": 2}}"#;
+      "concurrency": {"max_in_flight": 1, "retry_after_s": 2,
+                      "adaptive": {"floor": 1, "tolerance": 1.5, "window_ms": 100}}}"#;
     assert_eq!(errors(all), Vec::<String>::new());
     let used: Vec<&str> = REFERENCE.iter().map(|d| d.path.rsplit('.').next().unwrap_or(d.path)).collect();
     for d in REFERENCE {
@@ -355,4 +356,52 @@ fn values_are_echoed_as_written() {
 fn the_reference_prose_is_not_what_the_parser_reads() {
     assert_eq!(FIELD_PATHS.len(), REFERENCE.len());
     assert!(FIELD_PATHS.iter().zip(REFERENCE).all(|(p, d)| *p == d.path));
+}
+
+#[test]
+fn an_adaptive_limit_takes_max_in_flight_as_its_ceiling_and_start_and_defaults_the_rest() {
+    let p = policy(
+        r#"{"classes": [{"name": "critical"}, {"name": "sheddable", "reserve": 0.5}],
+            "concurrency": {"max_in_flight": 500, "adaptive": {}}}"#,
+    );
+    let c = p.concurrency.unwrap();
+    let a = c.adaptive.unwrap();
+    assert_eq!((a.params.ceiling, a.params.floor, a.params.window_ms), (500, 10, 200));
+    assert_eq!((a.params.tolerance, a.params.grow_tolerance), (1.25, 1.08));
+    assert_eq!(a.reserves, vec![0.0, 0.5]);
+    assert_eq!(a.limit(None), 500, "before the first window: the ceiling");
+    assert_eq!(a.limit(Some(3)), 10, "never under the floor");
+    assert_eq!(a.limit(Some(900)), 500, "never over the ceiling (a reload lowered it)");
+    assert_eq!((a.class_max(ClassId(0), 41), a.class_max(ClassId(1), 41)), (41, 20));
+    assert_eq!(c.class_max_in_flight, vec![500, 250], "the static maxima are still compiled");
+    let small = policy(r#"{"concurrency": {"max_in_flight": 20, "adaptive": {"floor": 5, "tolerance": 1.06}}}"#);
+    let a = small.concurrency.unwrap().adaptive.unwrap();
+    assert_eq!((a.params.floor, a.params.tolerance, a.params.grow_tolerance), (5, 1.06, 1.06));
+    let tiny = policy(r#"{"concurrency": {"max_in_flight": 20, "adaptive": {}}}"#);
+    assert_eq!(tiny.concurrency.unwrap().adaptive.unwrap().params.floor, 1);
+    assert_eq!(policy(r#"{"concurrency": {"max_in_flight": 20}}"#).concurrency.unwrap().adaptive, None);
+}
+
+#[test]
+fn bad_adaptive_fields_are_reported_with_path_and_value() {
+    assert_eq!(
+        errors(
+            r#"{"concurrency": {"max_in_flight": 100, "adaptive": {"floor": 101, "tolerance": 0.9,
+                "window_ms": 20, "ceiling": 5}}}"#
+        ),
+        vec![
+            "concurrency.adaptive.ceiling: unknown field",
+            "concurrency.adaptive.floor: must be <= 100, got 101",
+            "concurrency.adaptive.tolerance: must be between 1.05 and 4, got 0.9",
+            "concurrency.adaptive.window_ms: must be >= 50, got 20",
+        ]
+    );
+    assert_eq!(
+        errors(r#"{"concurrency": {"max_in_flight": 100, "adaptive": true}}"#),
+        vec!["concurrency.adaptive: must be an object, got true"]
+    );
+    assert_eq!(
+        errors(r#"{"concurrency": {"adaptive": {"window_ms": 1.5}}}"#),
+        vec!["concurrency.max_in_flight: required", "concurrency.adaptive.window_ms: must be >= 50, got 1.5"]
+    );
 }

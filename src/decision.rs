@@ -261,7 +261,12 @@ impl Admission {
         snapshot: &mut Snapshot,
     ) -> Result<(), Refused> {
         if let (Some(c), Some(stored)) = (&self.policy.concurrency, snapshot.record.as_mut()) {
-            if !stored.record.acquire(instance, now_ns, c.class_max(class)) {
+            // Adaptive: the reserves apply to L, read from the same record.
+            let class_max = match &c.adaptive {
+                None => c.class_max(class),
+                Some(a) => a.class_max(class, a.limit(stored.record.adaptive_limit())),
+            };
+            if !stored.record.acquire(instance, now_ns, class_max) {
                 let verdict = Verdict::Shed { retry_after_s: c.retry_after_s };
                 return Err(Refused { verdict, limits: LimitSet::EMPTY });
             }
@@ -405,6 +410,10 @@ impl Admission {
                 let mut record = Record::from_bytes(bytes);
                 let before = record.as_bytes().len();
                 record.retain_leases(&fleet_ids);
+                if self.policy.concurrency.as_ref().is_none_or(|c| c.adaptive.is_none()) {
+                    // A static limit again: L would only come back stale.
+                    record.clear_adaptive_limit();
+                }
                 if record.as_bytes().len() == before {
                     Change::Keep(())
                 } else {

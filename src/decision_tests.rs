@@ -334,3 +334,48 @@ fn a_record_created_at_configuration_keeps_two_first_decisions_exact() {
     assert!(admitted(&decide_path(&g, "/", T0, &racing)));
     assert_eq!(g.in_flight(T0, &store), Some(2));
 }
+
+const ADAPTIVE: &str = r#"{"classes": [{"name": "critical"}, {"name": "sheddable", "reserve": 0.5}],
+    "rules": [{"match": {"path_prefix": "/search"}, "class": "sheddable"}], "default_class": "critical",
+    "concurrency": {"max_in_flight": 100, "adaptive": {}}}"#;
+
+#[test]
+fn an_adaptive_limit_starts_at_the_ceiling_and_the_reserves_apply_to_l_from_the_record() {
+    let g = admission(ADAPTIVE);
+    let store = MemoryStore::default();
+    g.create_record(&store).unwrap();
+    let admitted_of = |path: &str, n: usize| (0..n).filter(|_| admitted(&decide_path(&g, path, T0, &store))).count();
+    assert_eq!(admitted_of("/search", 60), 50, "no L yet: half the ceiling for sheddable");
+    // A control window set L to 10: the same read now admits against it.
+    let (bytes, version) = store.load(&g.record_key).unwrap().unwrap();
+    let mut record = Record::from_bytes(bytes);
+    record.set_adaptive_limit(10);
+    assert!(store.compare_and_swap(&g.record_key, record.as_bytes(), Some(version)).unwrap());
+    assert_eq!(admitted_of("/checkout", 5), 0, "50 in flight is past L = 10");
+    for _ in 0..46 {
+        g.release(1, T0, &store);
+    }
+    assert_eq!(g.in_flight(T0, &store), Some(4));
+    assert_eq!(admitted_of("/search", 5), 1, "sheddable up to floor(0.5 x 10) = 5");
+    assert_eq!(admitted_of("/checkout", 9), 5, "critical up to L");
+    let d = decide_path(&g, "/checkout", T0, &store);
+    assert_eq!(d.verdict, Verdict::Shed { retry_after_s: 1 });
+}
+
+#[test]
+fn a_configuration_without_an_adaptive_limit_drops_l_from_the_record() {
+    let store = MemoryStore::default();
+    let g = admission(ADAPTIVE);
+    g.create_record(&store).unwrap();
+    let (bytes, version) = store.load(&g.record_key).unwrap().unwrap();
+    let mut record = Record::from_bytes(bytes);
+    record.set_adaptive_limit(10);
+    assert!(store.compare_and_swap(&g.record_key, record.as_bytes(), Some(version)).unwrap());
+    g.create_record(&store).unwrap();
+    assert_eq!(g.adaptive_limit(&store), Some(10), "an adaptive configuration keeps it");
+    let static_ = admission(&ADAPTIVE.replace(r#", "adaptive": {}"#, ""));
+    static_.create_record(&store).unwrap();
+    let (bytes, _) = store.load(&g.record_key).unwrap().unwrap();
+    assert_eq!(Record::from_bytes(bytes).adaptive_limit(), None);
+    assert_eq!(g.adaptive_limit(&store), Some(100), "read back as the ceiling");
+}

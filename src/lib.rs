@@ -19,7 +19,9 @@
 //!   locally; [`rls`]: that service's messages; [`fleet`]: leases in shared data (the tick's
 //!   calls, the answers);
 //! - [`adaptive`]: the adaptive in-flight limit's controller: L from the database's latency and
-//!   errors, window by window, and the per-class maxima it gives.
+//!   errors, window by window, and the per-class maxima it gives; [`control`]: the workers'
+//!   windows merged in shared data, one worker per window running the controller, L written
+//!   into the record.
 //!
 //! A new mechanism (an adaptive in-flight limit) gets its own module here, pure and on time
 //! passed in, keeping its shared state through `store::update`; its host glue goes beside
@@ -29,6 +31,7 @@ pub mod adaptive;
 pub mod bucket;
 pub mod classify;
 pub mod config;
+pub mod control;
 pub mod decision;
 pub mod fleet;
 pub mod ids;

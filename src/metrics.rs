@@ -5,6 +5,10 @@
 //! - `surgeguard.limit.<limit>.{admitted,rate_limited,shadow_rate_limited,key_overflow}`
 //! - `surgeguard.fail_open`, `surgeguard.config_rejected` (counters)
 //! - `surgeguard.in_flight`, `surgeguard.max_in_flight` (gauges)
+//! - with `concurrency.adaptive`: `surgeguard.adaptive.limit`, `surgeguard.adaptive.baseline_us`
+//!   and `surgeguard.adaptive.floor` (gauges: L, its floor, and the baselines weighted by the last window's class mix), and
+//!   `surgeguard.adaptive.decreases`, `surgeguard.adaptive.increases` (counters: windows that cut
+//!   or raised L)
 //! - per fleet limit: `surgeguard.limit.<limit>.{lease_calls,lease_grants,lease_denials,lease_failures}`
 //!   (counters) and `surgeguard.limit.<limit>.fleet_mode` (gauge: 1 fleet, 0 local fallback)
 
@@ -32,6 +36,15 @@ pub const CONFIG_REJECTED: &str = "surgeguard.config_rejected";
 pub const IN_FLIGHT_GAUGE: &str = "surgeguard.in_flight";
 /// The configured `concurrency.max_in_flight`, so alerts compare against the real limit.
 pub const MAX_IN_FLIGHT_GAUGE: &str = "surgeguard.max_in_flight";
+/// The adaptive limit L in force.
+pub const ADAPTIVE_LIMIT_GAUGE: &str = "surgeguard.adaptive.limit";
+/// Its floor (`concurrency.adaptive.floor`), so alerts compare against it.
+pub const ADAPTIVE_FLOOR_GAUGE: &str = "surgeguard.adaptive.floor";
+/// The latency baselines, weighted by the last window's class mix, in microseconds.
+pub const ADAPTIVE_BASELINE_GAUGE: &str = "surgeguard.adaptive.baseline_us";
+/// Control windows that lowered L, and that raised it.
+pub const ADAPTIVE_DECREASES: &str = "surgeguard.adaptive.decreases";
+pub const ADAPTIVE_INCREASES: &str = "surgeguard.adaptive.increases";
 
 const ADMITTED: usize = 0;
 const RATE_LIMITED: usize = 1;

@@ -13,6 +13,9 @@
 //! - a fleet limit's lease (see `lease`): [`LEASE_ENTRIES`] consecutive entries, `tag` = bit 62,
 //!   the limit's bucket id shifted left by 3, and the entry's index; `a`, `b` = two words of the
 //!   lease each. The five are written and dropped together, so they stay consecutive.
+//! - the adaptive in-flight limit L (see `adaptive`): `tag` = [`ADAPTIVE_LIMIT_TAG`] (bit 61
+//!   alone: no bucket id reaches it, and the two top bits are clear), `a` = L. Written by the
+//!   worker that runs a control window; read by every decision in the read it already makes.
 //!
 //! Why per instance: a VM that dies (a crash, a reload) never reports its streams' ends. Every
 //! write by an instance, and a periodic tick, refreshes its heartbeat; an entry whose heartbeat
@@ -32,6 +35,9 @@ pub const HEARTBEAT_PERIOD_MS: u64 = 1_000;
 const ENTRY_BYTES: usize = 24;
 const IN_FLIGHT_TAG: u64 = 1 << 63;
 const LEASE_TAG: u64 = 1 << 62;
+/// The adaptive limit's entry. Bucket ids are below 2^59 and lease tags have bit 62 set, so this
+/// value is no other entry's tag.
+const ADAPTIVE_LIMIT_TAG: u64 = 1 << 61;
 /// Entries one lease takes: two of its words each.
 pub const LEASE_ENTRIES: usize = crate::lease::WORDS / 2;
 
@@ -119,8 +125,9 @@ impl Record {
             if tag & IN_FLIGHT_TAG != 0 {
                 Some(tag) == keep_tag || is_live(record.values_at(at).1, now_ns)
             } else {
-                // A lease is dropped only with its limit (`retain_leases`).
-                tag & LEASE_TAG != 0 || !is_full(record.values_at(at).0, now_ns)
+                // A lease is dropped only with its limit (`retain_leases`), L only by
+                // `clear_adaptive_limit`.
+                tag & LEASE_TAG != 0 || tag == ADAPTIVE_LIMIT_TAG || !is_full(record.values_at(at).0, now_ns)
             }
         });
     }
@@ -181,6 +188,22 @@ impl Record {
     /// configuration); all entries of a lease go together.
     pub fn retain_leases(&mut self, ids: &[u64]) {
         self.retain(|_, _, tag| !is_lease_tag(tag) || ids.contains(&((tag & !LEASE_TAG) >> 3)));
+    }
+
+    /// The adaptive limit L, if a control window wrote one.
+    pub fn adaptive_limit(&self) -> Option<u32> {
+        self.find(ADAPTIVE_LIMIT_TAG).map(|(_, limit, _)| limit.min(u64::from(u32::MAX)) as u32)
+    }
+
+    pub fn set_adaptive_limit(&mut self, limit: u32) {
+        self.put(ADAPTIVE_LIMIT_TAG, u64::from(limit), 0);
+    }
+
+    /// Drops L (a configuration without an adaptive limit); returns whether there was one.
+    pub fn clear_adaptive_limit(&mut self) -> bool {
+        let Some((at, _, _)) = self.find(ADAPTIVE_LIMIT_TAG) else { return false };
+        self.bytes.drain(at..at + ENTRY_BYTES);
+        true
     }
 
     /// Requests in flight at `now_ns`, counting live instances only.
@@ -352,10 +375,33 @@ mod tests {
     }
 
     #[test]
+    fn the_adaptive_limit_lives_beside_the_other_entries_survives_pruning_and_can_be_cleared() {
+        let mut r = Record::default();
+        assert_eq!(r.adaptive_limit(), None);
+        r.acquire(3, T0, 9);
+        r.set_adaptive_limit(40);
+        r.set_bucket(11, T0 + 5);
+        r.set_adaptive_limit(37);
+        assert_eq!(r.adaptive_limit(), Some(37));
+        assert_eq!(r.in_flight(T0), 1, "L is not an in-flight entry");
+        assert_eq!(r.bucket(ADAPTIVE_LIMIT_TAG), 37, "one entry, found by its tag");
+        r.prune(T0 + 10 * LEASE_NS, None);
+        assert_eq!(r.adaptive_limit(), Some(37));
+        assert_eq!(r.as_bytes().len(), ENTRY_BYTES, "the bucket and the dead instance went, L stayed");
+        assert!(r.clear_adaptive_limit());
+        assert_eq!(r.adaptive_limit(), None);
+        assert!(!r.clear_adaptive_limit());
+        r.retain_leases(&[]);
+        assert!(r.as_bytes().is_empty());
+    }
+
+    #[test]
     fn bucket_ids_never_look_like_in_flight_entries() {
         for id in ["a", "storefront@2000000x1000", ""] {
             assert_eq!(bucket_id(id) & IN_FLIGHT_TAG, 0);
             assert!(!is_lease_tag(bucket_id(id)));
+            assert_ne!(bucket_id(id), ADAPTIVE_LIMIT_TAG);
+            assert!(!is_lease_tag(ADAPTIVE_LIMIT_TAG));
         }
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! - [`envoy`]: find and run a real Envoy (with the real `.wasm`), stopped on drop;
 //! - [`upstream`]: an HTTP upstream on 127.0.0.1 that measures its own concurrency;
+//! - [`database`]: an upstream whose latency grows with concurrency past a knee, like a
+//!   database with a few connections (the adaptive limit's test);
 //! - [`client`]: the one HTTP client: requests, open-loop load (a schedule), closed-loop load;
 //! - [`outcome`]: what happened to one request of a load, and whether it was served, refused
 //!   or failed;
@@ -15,6 +17,7 @@
 //! Ports are never fixed: servers bind port 0 and report what they got.
 
 pub mod client;
+pub mod database;
 pub mod envoy;
 pub mod fleet;
 pub mod outcome;

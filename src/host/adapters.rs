@@ -60,6 +60,15 @@ pub struct Metrics {
     in_flight_total: Cell<Option<u64>>,
     /// Per fleet limit, in limit order: its mode gauge.
     fleet_modes: Vec<Option<u32>>,
+    adaptive: Option<AdaptiveMetrics>,
+}
+
+/// The adaptive limit's metrics, written by the worker that runs a control window.
+struct AdaptiveMetrics {
+    limit: Option<u32>,
+    baseline_us: Option<u32>,
+    decreases: Option<u32>,
+    increases: Option<u32>,
 }
 
 pub fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -67,7 +76,13 @@ pub fn define(kind: MetricType, name: &str) -> Option<u32> {
 }
 
 impl Metrics {
-    pub fn new(counter_names: &[String], fleet_mode_gauges: &[String], max_in_flight: Option<u32>) -> Metrics {
+    /// `adaptive`: L before the first control window and the floor, with an adaptive limit.
+    pub fn new(
+        counter_names: &[String],
+        fleet_mode_gauges: &[String],
+        max_in_flight: Option<u32>,
+        adaptive: Option<(u32, u32)>,
+    ) -> Metrics {
         let with_in_flight = max_in_flight.is_some();
         if let Some(max) = max_in_flight {
             if let Some(id) = define(MetricType::Gauge, crate::metrics::MAX_IN_FLIGHT_GAUGE) {
@@ -81,6 +96,41 @@ impl Metrics {
             in_flight_total: Cell::new(None),
             // Every fleet limit starts in local mode (0) until the service answers.
             fleet_modes: fleet_mode_gauges.iter().map(|n| define(MetricType::Gauge, n)).collect(),
+            adaptive: adaptive.map(|(start, floor)| {
+                if let Some(id) = define(MetricType::Gauge, crate::metrics::ADAPTIVE_FLOOR_GAUGE) {
+                    let _ = hostcalls::record_metric(id, u64::from(floor));
+                }
+                let m = AdaptiveMetrics {
+                    limit: define(MetricType::Gauge, crate::metrics::ADAPTIVE_LIMIT_GAUGE),
+                    baseline_us: define(MetricType::Gauge, crate::metrics::ADAPTIVE_BASELINE_GAUGE),
+                    decreases: define(MetricType::Counter, crate::metrics::ADAPTIVE_DECREASES),
+                    increases: define(MetricType::Counter, crate::metrics::ADAPTIVE_INCREASES),
+                };
+                if let Some(id) = m.limit {
+                    let _ = hostcalls::record_metric(id, u64::from(start));
+                }
+                m
+            }),
+        }
+    }
+
+    /// A control window's outcome: L, the baseline, and whether L went down or up. At once:
+    /// once per window, on one worker.
+    pub fn record_window(&self, from: u32, to: u32, baseline_us: Option<f64>) {
+        let Some(m) = &self.adaptive else { return };
+        if let Some(id) = m.limit {
+            let _ = hostcalls::record_metric(id, u64::from(to));
+        }
+        if let (Some(id), Some(b)) = (m.baseline_us, baseline_us) {
+            let _ = hostcalls::record_metric(id, b as u64);
+        }
+        let counter = match to.cmp(&from) {
+            std::cmp::Ordering::Less => m.decreases,
+            std::cmp::Ordering::Greater => m.increases,
+            std::cmp::Ordering::Equal => None,
+        };
+        if let Some(id) = counter {
+            let _ = hostcalls::increment_metric(id, 1);
         }
     }
 

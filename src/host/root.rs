@@ -1,17 +1,20 @@
 //! The root context: one per plugin per worker VM. It compiles the configuration (refusing a
 //! bad one whole), owns the metric ids, keeps this VM's in-flight entry alive, and makes the
-//! fleet limits' lease calls (the gRPC glue is in `lease_calls`).
+//! fleet limits' lease calls (the gRPC glue is in `lease_calls`). With an adaptive in-flight
+//! limit, its tick also hands this VM's samples to the shared window and, when it takes a
+//! window, runs the controller (`control`).
 
 use super::adapters::{define, now_ns, HostStore, Metrics};
 use super::http::RequestFilter;
 use super::lease_calls::LeaseCalls;
+use crate::adaptive::WindowStats;
 use crate::decision::Admission;
 use crate::instance::{agree_on_seed, allocate_instance_id};
 use crate::record::HEARTBEAT_PERIOD_MS;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MetricType};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -22,6 +25,8 @@ pub struct ConfigInForce {
     pub instance: u32,
     /// Releases that storage refused when their streams ended; applied on the next tick.
     pub late_releases: Cell<u64>,
+    /// With an adaptive limit: this VM's samples since its last tick (see `http`).
+    pub window: Option<RefCell<WindowStats>>,
 }
 
 #[derive(Default)]
@@ -111,25 +116,39 @@ impl RootContext for SurgeguardRoot {
         let admission = Admission::new(policy, &namespace, seed);
         // Failing here is not fatal: a decision that finds no record still works (see there).
         let _ = admission.create_record(&HostStore);
+        let _ = admission.create_window(configured_at_ns, &HostStore);
         let policy = &admission.policy;
         let names = crate::metrics::counter_names(policy);
         let fleet_gauges = crate::metrics::fleet_mode_gauge_names(policy);
-        let metrics = Metrics::new(&names, &fleet_gauges, policy.concurrency.as_ref().map(|c| c.max_in_flight));
+        let adaptive_start = admission
+            .adaptive()
+            .map(|a| (admission.adaptive_limit(&HostStore).unwrap_or(a.params.ceiling), a.params.floor));
+        let max_in_flight = policy.concurrency.as_ref().map(|c| c.max_in_flight);
+        let metrics = Metrics::new(&names, &fleet_gauges, max_in_flight, adaptive_start);
         // The tick flushes counters and, with an in-flight limit, keeps this VM's entry alive;
-        // with a fleet limit it also claims lease calls, so it runs more often.
-        let tick_ms = if fleet_gauges.is_empty() { HEARTBEAT_PERIOD_MS } else { FLEET_TICK_MS };
+        // with a fleet limit it also claims lease calls, and with an adaptive limit it hands over
+        // samples twice a control window, so it runs more often.
+        let mut tick_ms = if fleet_gauges.is_empty() { HEARTBEAT_PERIOD_MS } else { FLEET_TICK_MS };
+        if let Some(a) = admission.adaptive() {
+            tick_ms = tick_ms.min((a.params.window_ms / 2).max(FLEET_TICK_MS));
+        }
         self.ticks = 0;
         self.ticks_per_heartbeat = (HEARTBEAT_PERIOD_MS / tick_ms).max(1);
         let _ = hostcalls::set_tick_period(Duration::from_millis(tick_ms));
         log::info!(
-            "surgeguard: configuration accepted: mode {:?}, {} classes, {} rules, {} limits, in-flight limit {}",
+            "surgeguard: configuration accepted: mode {:?}, {} classes, {} rules, {} limits, in-flight limit {}{}",
             policy.mode,
             policy.classes.len(),
             policy.rules.len(),
             policy.limits.len(),
-            policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string())
+            policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string()),
+            admission.adaptive().map_or(String::new(), |a| format!(
+                " (adaptive: ceiling, floor {}, window {} ms)",
+                a.params.floor, a.params.window_ms
+            )),
         );
-        let in_force = ConfigInForce { admission, metrics, instance, late_releases: Cell::new(0) };
+        let window = admission.adaptive().map(|_| RefCell::new(WindowStats::with_classes(policy.classes.len())));
+        let in_force = ConfigInForce { admission, metrics, instance, late_releases: Cell::new(0), window };
         if let Some(previous) = self.in_force.replace(Rc::new(in_force)) {
             previous.metrics.flush();
         }
@@ -140,6 +159,7 @@ impl RootContext for SurgeguardRoot {
         let Some(c) = self.in_force.clone() else { return };
         let now = now_ns();
         self.lease_calls.tick(&c, now);
+        control_tick(&c, now);
         self.ticks += 1;
         if !self.ticks.is_multiple_of(self.ticks_per_heartbeat.max(1)) {
             return;
@@ -160,5 +180,30 @@ impl RootContext for SurgeguardRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Hands this VM's samples to the shared window; runs the controller if this tick took the
+/// window. Samples storage refused stay here for the next tick.
+fn control_tick(c: &ConfigInForce, now: u64) {
+    let Some(window) = &c.window else { return };
+    let classes = c.admission.policy.classes.len();
+    let local = window.replace(WindowStats::with_classes(classes));
+    match c.admission.merge_window(&local, now, &HostStore) {
+        Err(_) => window.borrow_mut().merge(&local),
+        Ok(None) => {}
+        Ok(Some(taken)) => {
+            let Some(run) = c.admission.run_window(&taken, now, &HostStore) else { return };
+            let change = run.change;
+            c.metrics.record_window(change.from, change.to, run.baseline_us);
+            if let Some((logged, to)) = run.log {
+                log::warn!(
+                    "surgeguard: adaptive in-flight limit {to} (was {logged} at the last report; {:?}{}; baseline {} us)",
+                    change.cause,
+                    if change.baseline_raised { ", baselines raised: the upstream itself slowed" } else { "" },
+                    run.baseline_us.map_or("unknown".to_string(), |b| (b as u64).to_string()),
+                );
+            }
+        }
     }
 }

@@ -93,6 +93,9 @@ fn real_prometheus_output() -> String {
     let root = repo_root();
     let resource =
         Localise::module().load(&root.join("envoy/ecds/live/surgeguard.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    // With the adaptive limit on, so its metrics are exported too (docs/adaptive.md).
+    let resource = resource.replace(r#""max_in_flight": 96 }"#, r#""max_in_flight": 96, "adaptive": {} }"#);
+    assert!(resource.contains(r#""adaptive": {}"#), "the example's concurrency changed");
     std::fs::write(live.join("surgeguard.yaml"), resource).expect("resource");
     let upstream = Upstream::start(Duration::ZERO).expect("upstream");
     let bootstrap = Localise::ecds(upstream.port, &live)

@@ -161,7 +161,7 @@ fn the_limit_finds_the_knee_falls_when_the_database_slows_and_climbs_back() {
     assert!(slow.db_peak(0.5) < POOL, "database peak {} while slow", slow.db_peak(0.5));
     assert!(slow.served_pct("checkout") >= 90.0, "checkout {:.1}% while slow", slow.served_pct("checkout"));
     // Restored: L does not fall further, and climbs where the slow phase had cut it below the
-    // knee. (How far it climbs back is open: docs/adaptive.md, "Recovery".)
+    // knee. (How far it climbs back is open: docs/adaptive.md.)
     let (_, restored_hi) = restored.limits(0.5);
     assert!(restored_hi >= slow_lo, "L went from {slow_lo} down to {restored_hi} after the database recovered");
     assert!(restored.served_pct("checkout") >= 95.0);

@@ -736,3 +736,155 @@ fn write(o: &Options, d: &FleetDemo) -> Result<Vec<PathBuf>, String> {
         ],
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Label;
+    use crate::pool::PoolStats;
+    use crate::traffic::Mix;
+    use std::time::Duration;
+
+    fn shipped(path: &str) -> serde_json::Value {
+        serde_json::from_str(&read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_fleet_limit_is_read_from_the_shipped_plugin_config() {
+        let limit = FleetLimit::from_plugin_config(&read(FLEET_PLUGIN_CONFIG).unwrap()).unwrap();
+        assert_eq!(limit.name, "storefront");
+        assert_eq!((limit.tokens_per_second, limit.burst, limit.local_share), (200.0, 200.0, 0.34));
+        assert_eq!(limit.allowance(12.0), 2600.0);
+        assert!(FleetLimit::from_plugin_config(r#"{"limits": [{"name": "x"}]}"#).is_err());
+    }
+
+    #[test]
+    fn the_two_runs_differ_only_by_the_limits_fleet_object() {
+        let mut fleet = shipped(FLEET_PLUGIN_CONFIG);
+        if let Some(limits) = fleet["limits"].as_array_mut() {
+            limits.iter_mut().for_each(|l| _ = l.as_object_mut().map(|o| o.remove("fleet")));
+        }
+        assert_eq!(fleet, shipped("envoy/storefront.json"));
+    }
+
+    fn plan() -> Plan {
+        Plan { duration_s: 12.0, surge: 5.0, calm_rate_per_s: 60.0, mix: Mix::default(), seed: 1 }
+    }
+
+    fn limit() -> FleetLimit {
+        FleetLimit { name: "storefront".into(), tokens_per_second: 200.0, burst: 200.0, local_share: 0.34 }
+    }
+
+    /// `n` requests of `kind` in the surge (3 s to 9 s of the plan), with `status`.
+    fn surge(kind: Kind, n: u64, status: u16) -> Vec<Outcome> {
+        (0..n)
+            .map(|i| Outcome {
+                label: Label { kind, phase: Phase::Surge },
+                at: Duration::from_millis(3000 + i % 6000),
+                sent_at: Duration::from_millis(3000 + i % 6000),
+                status: Some(status),
+                surgeguard: (status == 429).then(|| "limit=storefront; class=standard".to_string()),
+                latency: Duration::from_millis(50),
+            })
+            .collect()
+    }
+
+    fn arm(
+        key: &'static str,
+        outcomes: Vec<Outcome>,
+        peak: u32,
+        counters: &[(&str, u64)],
+        envoys: Vec<EnvoyShare>,
+    ) -> ArmResult {
+        let pool = PoolStats {
+            size: 40,
+            in_use: 0,
+            peak_in_use: peak,
+            waiting: 0,
+            peak_waiting: 0,
+            leases: 0,
+            wait_timeouts: 0,
+        };
+        let filter_counters = counters.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        ArmResult {
+            run: Run { key, outcomes, pool, db_in_use: vec![], filter_counters },
+            envoys,
+            config: String::new(),
+        }
+    }
+
+    fn leasing() -> EnvoyShare {
+        EnvoyShare {
+            lease_calls: 20,
+            lease_grants: 18,
+            fleet_mode_at_end: Some(1),
+            switches_to_fleet: 1,
+            ..EnvoyShare::default()
+        }
+    }
+
+    /// Per-Envoy: 1500 admitted in the 6 s surge (250/s), the pool saturated, no bucket refusal.
+    fn per_envoy() -> ArmResult {
+        let mut o = surge(Kind::Browse, 1400, 200);
+        o.extend(surge(Kind::Checkout, 100, 200));
+        arm("per_envoy", o, 40, &[("surgeguard.max_in_flight", 72)], vec![EnvoyShare::default(); 3])
+    }
+
+    /// Fleet: 1000 admitted in the surge (167/s), 800 refused, the pool well under its size.
+    fn fleet() -> ArmResult {
+        let mut o = surge(Kind::Browse, 900, 200);
+        o.extend(surge(Kind::Checkout, 100, 200));
+        o.extend(surge(Kind::Bot, 800, 429));
+        arm("fleet", o, 25, &[], vec![leasing(); 3])
+    }
+
+    #[test]
+    fn the_claims_hold_when_per_envoy_limits_let_the_surge_through_and_fleet_limits_hold() {
+        let c = claims(&plan(), 40, &limit(), &per_envoy(), &fleet());
+        assert!(c.iter().all(|c| c.holds), "{c:#?}");
+        assert_eq!(c.len(), 6);
+    }
+
+    #[test]
+    fn each_claim_fails_when_its_numbers_do_not_show_it() {
+        let holds = |p: &ArmResult, f: &ArmResult, i: usize| claims(&plan(), 40, &limit(), p, f)[i].holds;
+        let mut refusing = per_envoy();
+        refusing.run.filter_counters.insert("surgeguard.limit.storefront.rate_limited".into(), 3);
+        assert!(!holds(&refusing, &fleet(), 0));
+        let mut calm = per_envoy();
+        calm.run.pool.peak_in_use = 39;
+        assert!(!holds(&calm, &fleet(), 1));
+        let mut full = fleet();
+        full.run.pool.peak_in_use = 40;
+        assert!(!holds(&per_envoy(), &full, 2), "under its pool means below it");
+        let mut waited = fleet();
+        waited.run.pool.wait_timeouts = 1;
+        assert!(!holds(&per_envoy(), &waited, 2));
+        let mut lost = fleet();
+        lost.run.outcomes.extend(surge(Kind::Checkout, 2, 500));
+        assert!(!holds(&per_envoy(), &lost, 3), "100 of 102 is under 99%");
+        let mut over = fleet();
+        over.run.outcomes.extend(surge(Kind::Browse, 700, 200));
+        assert!(!holds(&per_envoy(), &over, 4), "1700 admitted in 6 s is over 200/s and a burst of 200");
+        let mut local = fleet();
+        local.envoys[1].fleet_mode_at_end = Some(0);
+        assert!(!holds(&per_envoy(), &local, 5));
+        let mut never_leased = fleet();
+        never_leased.envoys[2].lease_grants = 0;
+        assert!(!holds(&per_envoy(), &never_leased, 5));
+    }
+
+    #[test]
+    fn lease_figures_add_up_over_the_envoys() {
+        let mut f = fleet();
+        for e in &mut f.envoys {
+            e.admitted = 100;
+        }
+        f.envoys[0].switches_to_local = 2;
+        let l = f.leases();
+        assert_eq!((l.calls, l.grants, l.switches_to_local, l.envoys_in_fleet_mode_at_end), (60, 54, 2, 3));
+        assert_eq!(l.calls_per_admitted, 0.2);
+        assert_eq!(f.admitted_per_s(&plan(), Phase::Surge), 1000.0 / 6.0);
+        assert_eq!(f.admitted_per_s(&plan(), Phase::Calm), 0.0);
+    }
+}

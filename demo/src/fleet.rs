@@ -675,18 +675,16 @@ fn fleet_html(d: &FleetDemo) -> String {
         d.fleet.admitted_per_s(&d.plan, Phase::Surge),
     );
     h.push_str("<table>\n<tr><th>run</th><th>Envoy</th><th>requests</th><th>admitted</th><th>refused</th><th class=\"sep\">lease calls</th><th>granted</th><th>denied</th><th>failed</th><th>switches to local</th><th>mode at end</th></tr>\n");
-    for (label, arm) in [("per-Envoy limits", &d.per_envoy), ("fleet-wide limits", &d.fleet)] {
+    for (label, arm) in [("per-Envoy", &d.per_envoy), ("fleet", &d.fleet)] {
         for (i, e) in arm.envoys.iter().enumerate() {
             let mode = match e.fleet_mode_at_end {
                 Some(1) => "fleet",
                 Some(_) => "local fallback",
                 None => "-",
             };
-            let run =
-                if i == 0 { format!(r#"<td rowspan="{}">{label}</td>"#, arm.envoys.len()) } else { String::new() };
             let _ = writeln!(
                 h,
-                r#"<tr>{run}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="sep">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{mode}</td></tr>"#,
+                r#"<tr><td>{label}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="sep">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{mode}</td></tr>"#,
                 i + 1,
                 e.requests,
                 e.admitted,

@@ -675,7 +675,8 @@ fn fleet_html(d: &FleetDemo) -> String {
         d.fleet.admitted_per_s(&d.plan, Phase::Surge),
     );
     h.push_str("<table>\n<tr><th>run</th><th>Envoy</th><th>requests</th><th>admitted</th><th>refused</th><th class=\"sep\">lease calls</th><th>granted</th><th>denied</th><th>failed</th><th>switches to local</th><th>mode at end</th></tr>\n");
-    for (label, arm) in [("per-Envoy", &d.per_envoy), ("fleet", &d.fleet)] {
+    // A non-breaking hyphen: the run column stays one word wide.
+    for (label, arm) in [("per&#8209;Envoy", &d.per_envoy), ("fleet", &d.fleet)] {
         for (i, e) in arm.envoys.iter().enumerate() {
             let mode = match e.fleet_mode_at_end {
                 Some(1) => "fleet",

@@ -5,6 +5,7 @@
 #   ./build.sh              build dist/surgeguard.wasm (release, wasm32-wasip1)
 #   ./build.sh test         every test: native unit, core on wasm32 (Node), end-to-end in Envoy
 #   ./build.sh demo [ARGS]  replay the postmortem's surge without and with surgeguard
+#                           (--fleet: 3 replicas, per-Envoy against fleet-wide limits)
 #   ./build.sh bench [ARGS] cost per request against native local_ratelimit and an empty wasm filter
 #   ./build.sh check FILE   validate a plugin configuration offline (exit 0 valid, 1 refused)
 #   ./build.sh oci [REF]    package dist/surgeguard.wasm as an OCI image for Istio
@@ -198,6 +199,8 @@ case "$cmd" in
   rls) ensure_rls; echo "$SURGEGUARD_RLS_BIN" ;;
   demo)
     build; ensure_envoy
+    # --fleet needs Redis and the rate limit service (built once per machine).
+    case " $* " in *" --fleet "*) ensure_rls ;; esac
     cargo run -q --release -p surgeguard-demo --bin demo -- "$@" ;;
   bench)
     build; ensure_envoy; ensure_rls

@@ -17,7 +17,8 @@ options:
   --pool N             database connection pool size [40]
   --pool-wait-ms MS    how long a request waits for a connection before it fails [1000]
   --seed N             seed of the traffic schedule (both runs replay the same one) [1]
-  --out DIR            where summary.json and report.html go [dist/demo; dist/demo/live with --live]
+  --out DIR            where summary.json and report.html go
+                       [dist/demo; dist/demo/live with --live; dist/demo/fleet with --fleet]
   --config FILE        the Envoy config with the filter [envoy/demo.yaml]
   --database-url URL   a real PostgreSQL instead of the embedded database model
                        [$DATABASE_URL]
@@ -26,6 +27,10 @@ options:
                        the surge the `storefront` bucket is changed live with
                        scripts/surgeguard-apply: no restart, no dropped connection
   --live-rate PER_S    with --live: the bucket's new tokens_per_second (and burst) [100]
+  --fleet              instead: the storefront scaled out to 3 replicas behind 3 Envoys, one
+                       database tier; the surge with per-Envoy limits (--config on every Envoy),
+                       then with the same limit fleet-wide (envoy/fleet/: leased from
+                       surgeguard-rls over a real Redis)
   --no-progress        no progress line
   -h, --help           this text";
 
@@ -45,6 +50,8 @@ pub struct Options {
     pub live: bool,
     /// The `storefront` bucket's new rate (and burst) in `--live` mode.
     pub live_rate_per_s: f64,
+    /// `--fleet`: three replicas, per-Envoy against fleet-wide limits ([`crate::fleet`]).
+    pub fleet: bool,
 }
 
 impl Default for Options {
@@ -63,6 +70,7 @@ impl Default for Options {
             progress: true,
             live: false,
             live_rate_per_s: 100.0,
+            fleet: false,
         }
     }
 }
@@ -106,6 +114,7 @@ pub fn parse(args: &[String], database_url_env: Option<String>) -> Result<Comman
             "--no-progress" => o.progress = false,
             "--live" => o.live = true,
             "--live-rate" => o.live_rate_per_s = number(flag, &value()?)?,
+            "--fleet" => o.fleet = true,
             _ => return Err(format!("unknown option `{arg}` (try --help)")),
         }
     }
@@ -127,9 +136,15 @@ pub fn parse(args: &[String], database_url_env: Option<String>) -> Result<Comman
     if o.pool_wait_ms == 0 {
         return Err("--pool-wait-ms: must be >= 1".into());
     }
-    // The live run has one run, not the contract's two: it must not replace dist/demo/summary.json.
+    if o.live && o.fleet {
+        return Err("--live and --fleet are two different demos: give one".into());
+    }
+    // Neither replaces the main demo's dist/demo/summary.json.
     if o.live && !out_given {
         o.out_dir = o.out_dir.join("live");
+    }
+    if o.fleet && !out_given {
+        o.out_dir = o.out_dir.join("fleet");
     }
     Ok(Command::Run(o))
 }
@@ -148,7 +163,7 @@ mod tests {
         assert_eq!((o.duration_s, o.surge, o.pool_size), (24.0, 5.0, 40));
         assert!(o.out_dir.ends_with("dist/demo"));
         assert_eq!(o.database_url, None);
-        assert!(!o.live, "the default demo is the two runs");
+        assert!(!o.live && !o.fleet, "the default demo is the two runs");
     }
 
     #[test]
@@ -157,6 +172,16 @@ mod tests {
         assert!(o.live);
         assert_eq!(o.live_rate_per_s, 80.0);
         assert!(parse(&args("--live-rate 0"), None).unwrap_err().contains("--live-rate"));
+    }
+
+    #[test]
+    fn fleet_mode_writes_beside_the_main_demo_and_excludes_live_mode() {
+        let Command::Run(o) = parse(&args("--fleet"), None).unwrap() else { panic!("a run") };
+        assert!(o.fleet && !o.live);
+        assert!(o.out_dir.ends_with("dist/demo/fleet"));
+        let Command::Run(o) = parse(&args("--fleet --out /tmp/f"), None).unwrap() else { panic!("a run") };
+        assert_eq!(o.out_dir, PathBuf::from("/tmp/f"));
+        assert!(parse(&args("--fleet --live"), None).unwrap_err().contains("--live and --fleet"));
     }
 
     #[test]

@@ -16,10 +16,10 @@ use crate::interrupt::ChildGuard;
 use crate::load::{self, Live};
 use crate::outcome::Verdict;
 use crate::pool::Pool;
-use crate::report::{self, Figure};
+use crate::report::{self, Figure, Page};
 use crate::schedule::{Arrival, Plan};
 use crate::storefront::{BackendSpec, Storefront, StorefrontConfig};
-use crate::summary::{self, Claim, DatabaseSummary, EnvoySummary, LoadSummary, Run, RunSummary, DB_SAMPLE_MS};
+use crate::summary::{self, Claim, DatabaseSummary, EnvoySummary, LoadSummary, Run, RunSummary, Side, DB_SAMPLE_MS};
 use crate::table;
 use crate::traffic::{Kind, Mix};
 use serde::Serialize;
@@ -96,6 +96,7 @@ pub(crate) fn storefront_config(o: &Options) -> StorefrontConfig {
             None => BackendSpec::Model(Contention::default()),
         },
         worker_threads: if o.database_url.is_some() { 2 } else { 1 },
+        replicas: 1,
     }
 }
 
@@ -281,9 +282,10 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<Demo, String> {
     let with = run_arm(o, Arm::With, &plan, &arrivals, cancel)?;
     let claims = summary::claims(o.pool_size, &without, &with);
     let summary = summarise(o, &plan, arrivals.len(), &without, &with, &claims);
+    let sides = sides(&without, &with);
     let mut demo = Demo {
-        table: table::text(o.pool_size, &without, &with),
-        markdown_table: table::markdown(o.pool_size, &without, &with),
+        table: table::text(o.pool_size, sides[0], sides[1]),
+        markdown_table: table::markdown(o.pool_size, sides[0], sides[1]),
         plan,
         pool_size: o.pool_size,
         without,
@@ -294,6 +296,14 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<Demo, String> {
     };
     demo.written = write(o, &demo)?;
     Ok(demo)
+}
+
+/// The two runs as the table and the report name them.
+fn sides<'a>(without: &'a Run, with: &'a Run) -> [Side<'a>; 2] {
+    [
+        Side { label: "without surgeguard", short: "without", run: without },
+        Side { label: "with surgeguard", short: "with", run: with },
+    ]
 }
 
 /// `summary.json`.
@@ -318,8 +328,20 @@ pub struct DemoDatabase {
     pub thrash_per_conn: Option<f64>,
 }
 
-fn summarise(o: &Options, plan: &Plan, offered: usize, without: &Run, with: &Run, claims: &[Claim]) -> DemoSummary {
+/// The database tier as the summaries record it.
+pub(crate) fn database(o: &Options) -> DemoDatabase {
     let model = o.database_url.is_none().then(Contention::default);
+    DemoDatabase {
+        tier: DatabaseSummary {
+            backend: if model.is_some() { "model" } else { "postgresql" },
+            pool_wait_ms: o.pool_wait_ms,
+        },
+        full_speed_queries: model.map(|m| m.knee),
+        thrash_per_conn: model.map(|m| m.thrash_per_conn),
+    }
+}
+
+fn summarise(o: &Options, plan: &Plan, offered: usize, without: &Run, with: &Run, claims: &[Claim]) -> DemoSummary {
     DemoSummary {
         db_pool_size: o.pool_size,
         runs: [without, with].into_iter().map(|r| (r.key, r.summary(plan))).collect(),
@@ -328,14 +350,7 @@ fn summarise(o: &Options, plan: &Plan, offered: usize, without: &Run, with: &Run
             mix: Some(Kind::ALL.iter().map(|k| (k.name(), plan.mix.share(*k))).collect()),
             client_timeout_ms: CLIENT_TIMEOUT.as_millis() as u64,
         },
-        database: DemoDatabase {
-            tier: DatabaseSummary {
-                backend: if model.is_some() { "model" } else { "postgresql" },
-                pool_wait_ms: o.pool_wait_ms,
-            },
-            full_speed_queries: model.map(|m| m.knee),
-            thrash_per_conn: model.map(|m| m.thrash_per_conn),
-        },
+        database: database(o),
         envoy: EnvoySummary { version: envoy_version(), workers: ENVOY_WORKERS, config: relative(&o.envoy_config) },
         claims: claims.to_vec(),
         all_claims_hold: claims.iter().all(|c| c.holds),
@@ -361,14 +376,19 @@ fn settings(d: &Demo) -> String {
 /// `summary.json`, `report.html`, `report.svg` and `table.md` into `o.out_dir`.
 fn write(o: &Options, d: &Demo) -> Result<Vec<PathBuf>, String> {
     let figure = Figure {
+        title: report::surge_title(&d.plan, "through Envoy without and with surgeguard"),
         plan: &d.plan,
         pool_size: d.pool_size,
         knee: d.summary.database.full_speed_queries,
-        without: &d.without,
-        with: &d.with,
+        runs: sides(&d.without, &d.with),
     };
     let summary = write_json(&d.summary)?;
-    let html = report::html(&figure, &d.claims, &settings(d));
+    let page = Page {
+        heading: "surgeguard demo: the postmortem's surge, without and with the filter",
+        settings: &settings(d),
+        extra_html: "",
+    };
+    let html = report::html(&figure, &d.claims, &page);
     let svg = report::svg(&figure);
     write_outputs(
         &o.out_dir,

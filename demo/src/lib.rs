@@ -7,7 +7,9 @@
 //! pointed at this machine, and its filter removed for the first run, by the harness). The
 //! results ([`outcome`], [`summary`]) become a terminal table ([`table`]), `summary.json` and
 //! an HTML report with plots ([`report`]). `--live` ([`live`], [`ecds`], [`live_report`]) instead
-//! runs once with the filter configured over ECDS and changes a limit mid-run.
+//! runs once with the filter configured over ECDS and changes a limit mid-run. `--fleet`
+//! ([`fleet`]) scales the storefront out to three replicas behind three Envoys on one database
+//! tier, and compares per-Envoy limits with fleet-wide ones.
 //!
 //! Nothing here is compiled into the wasm module: this crate only drives Envoy from outside.
 
@@ -15,6 +17,7 @@ pub mod cli;
 pub mod db;
 pub mod demo;
 pub mod ecds;
+pub mod fleet;
 pub mod interrupt;
 pub mod live;
 pub mod live_report;

@@ -1,5 +1,7 @@
 //! The demo's load: its schedule of arrivals sent open-loop by the harness's client
 //! ([`surgeguard_harness::client::run_schedule`]), watched by the progress line's counters.
+//! In front of several Envoys ([`run_spread`]) the arrivals are dealt round-robin, as a load
+//! balancer would, each Envoy's share sent by its own client at the same scheduled times.
 
 use crate::outcome::{Label, Outcome, Verdict};
 use crate::schedule::Arrival;
@@ -56,6 +58,48 @@ pub fn run(
     run_schedule(&target, schedule, live, Some(cancel))
 }
 
+/// Runs the schedule against several Envoys (127.0.0.1:`ports[i]`): arrival `n` goes to
+/// `ports[n % ports.len()]`, each port's share on its own thread and client, all from the same
+/// time 0 (within the few microseconds the threads take to start). Returns every outcome in
+/// schedule order, with the port index each went to.
+pub fn run_spread(
+    ports: &[u16],
+    arrivals: &[Arrival],
+    timeout: Duration,
+    live: &Arc<Live>,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Vec<(usize, Outcome)>, LoadError> {
+    if ports.is_empty() {
+        return Err(LoadError::Setup("no Envoy to send the load to".into()));
+    }
+    let n = ports.len();
+    let shares: Vec<Vec<Arrival>> = (0..n).map(|i| arrivals.iter().skip(i).step_by(n).cloned().collect()).collect();
+    let results: Vec<Result<Vec<Outcome>, LoadError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter()
+            .zip(ports)
+            .map(|(share, port)| scope.spawn(move || run(*port, share, timeout, live, cancel)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(LoadError::Setup("a load thread panicked".into()))))
+            .collect()
+    });
+    let mut per_port = Vec::with_capacity(n);
+    for r in results {
+        per_port.push(r?.into_iter());
+    }
+    // Deal them back: arrival k is the (k / n)-th of port k % n.
+    let mut out = Vec::with_capacity(arrivals.len());
+    for k in 0..arrivals.len() {
+        match per_port.get_mut(k % n).and_then(Iterator::next) {
+            Some(o) => out.push((k % n, o)),
+            None => return Err(LoadError::Setup(format!("no outcome for arrival {k}"))),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +124,23 @@ mod tests {
         assert!(out.iter().all(|o| o.verdict() == Verdict::Served), "{out:?}");
         assert_eq!(live.count(Verdict::Served), arrivals.len() as u64);
         assert_eq!(live.sent.load(Ordering::Relaxed), arrivals.len() as u64);
+    }
+
+    #[test]
+    fn a_spread_load_deals_arrivals_round_robin_and_keeps_their_order() {
+        let s = Storefront::start(&StorefrontConfig { replicas: 3, ..StorefrontConfig::default() }).unwrap();
+        let plan = Plan { duration_s: 1.0, surge: 2.0, calm_rate_per_s: 60.0, mix: Mix::default(), seed: 2 };
+        let arrivals = plan.arrivals();
+        let live = Arc::new(Live::default());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let out = run_spread(&s.replica_ports, &arrivals, Duration::from_secs(5), &live, &cancel).unwrap();
+        assert_eq!(out.len(), arrivals.len());
+        for (k, ((port, o), a)) in out.iter().zip(&arrivals).enumerate() {
+            assert_eq!(*port, k % 3);
+            assert_eq!((at_us(o), o.label.kind), (a.at_us, a.kind));
+            assert_eq!(o.verdict(), Verdict::Served);
+        }
+        assert_eq!(s.db.stats().leases, arrivals.len() as u64);
     }
 
     #[test]

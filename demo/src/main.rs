@@ -1,5 +1,6 @@
 //! `./build.sh demo`: replays the postmortem's surge without and with surgeguard, prints the
-//! table and writes `dist/demo/summary.json` and `dist/demo/report.html`.
+//! table and writes `dist/demo/summary.json` and `dist/demo/report.html`. `--live` and
+//! `--fleet` are the other two demos (`dist/demo/live/`, `dist/demo/fleet/`).
 
 use std::path::PathBuf;
 use surgeguard_demo::cli::{self, Command, USAGE};
@@ -19,7 +20,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let cancel = match surgeguard_demo::interrupt::install("Envoy and the storefront") {
+    let stopping = if options.fleet {
+        "the Envoys, the storefront, Redis and the rate limit service"
+    } else {
+        "Envoy and the storefront"
+    };
+    let cancel = match surgeguard_demo::interrupt::install(stopping) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("demo: {e}");
@@ -28,6 +34,13 @@ fn main() {
     };
     if options.live {
         live(&options, &cancel);
+        return;
+    }
+    if options.fleet {
+        match surgeguard_demo::fleet::run(&options, &cancel) {
+            Ok(d) => print_outcome(&d.table, &d.claims, &d.written),
+            Err(e) => exit_with(&e),
+        }
         return;
     }
     match demo::run(&options, &cancel) {
@@ -78,7 +91,7 @@ fn print_outcome(table: &str, claims: &[Claim], written: &[PathBuf]) {
 
 fn exit_with(e: &str) -> ! {
     if e == INTERRUPTED {
-        eprintln!("demo: interrupted; Envoy and the storefront are stopped");
+        eprintln!("demo: interrupted; every process the demo started is stopped");
         std::process::exit(130);
     }
     eprintln!("demo: {e}");

@@ -1,5 +1,6 @@
 //! The report: one SVG figure (database connections in use over time, both runs; then per
-//! traffic kind, served / refused / failed per second, without and with the filter side by side,
+//! traffic kind, served / refused / failed per second, two runs side by side (without and with the
+//! filter; per-Envoy and fleet-wide limits),
 //! same scale per row) and a self-contained HTML page around it (no scripts, nothing fetched).
 //!
 //! Invariant: the figure is drawn only from the measured runs; every row of a kind shares one
@@ -7,7 +8,7 @@
 
 use crate::outcome::Verdict;
 use crate::schedule::Plan;
-use crate::summary::{Claim, Run, Stats, BIN_S, DB_SAMPLE_MS};
+use crate::summary::{Claim, Side, Stats, BIN_S, DB_SAMPLE_MS};
 use crate::traffic::Kind;
 use std::fmt::Write;
 
@@ -22,17 +23,32 @@ pub(crate) const TOP: f64 = 66.0;
 pub(crate) const SERVED: &str = "#2e7d32";
 pub(crate) const REFUSED: &str = "#ef8c00";
 pub(crate) const FAILED: &str = "#c62828";
-const WITHOUT: &str = "#c62828";
+/// The first run's colour in the database panel (the unprotected or less protected run).
+const FIRST: &str = "#c62828";
 pub(crate) const WITH: &str = "#1565c0";
 
-/// What the figure shows.
+/// What the figure shows: two runs side by side, the first drawn red, the second blue.
 pub struct Figure<'a> {
+    /// The figure's heading.
+    pub title: String,
     pub plan: &'a Plan,
     pub pool_size: u32,
     /// The modelled database's full-speed concurrency, when the model runs.
     pub knee: Option<u32>,
-    pub without: &'a Run,
-    pub with: &'a Run,
+    pub runs: [Side<'a>; 2],
+}
+
+/// The page around the figure: its heading, the line on how the runs were made, and what only
+/// this page has (already HTML: a section of its own, or nothing).
+pub struct Page<'a> {
+    pub heading: &'a str,
+    pub settings: &'a str,
+    pub extra_html: &'a str,
+}
+
+/// The main demo's figure heading.
+pub fn surge_title(plan: &Plan, how: &str) -> String {
+    format!("The postmortem's surge ({}x for {:.0} s), {how}", plan.surge, plan.surge_end_s() - plan.surge_start_s())
 }
 
 pub fn escape(s: &str) -> String {
@@ -173,10 +189,9 @@ pub fn svg(f: &Figure) -> String {
         r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {height}" width="{W}" height="{height}" font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif">
 <style>.t{{font-size:13px;font-weight:600;fill:#222}}.a{{font-size:10.5px;fill:#555}}.s{{font-size:10px;fill:#888}}.h{{font-size:16px;font-weight:700;fill:#111}}.c{{font-size:14px;font-weight:700;fill:#111}}</style>
 <rect width="100%" height="100%" fill="#fff"/>
-<text x="{LEFT}" y="24" class="h">The postmortem's surge ({surge}x for {surge_s:.0} s), through Envoy without and with surgeguard</text>
+<text x="{LEFT}" y="24" class="h">{title}</text>
 "##,
-        surge = f.plan.surge,
-        surge_s = f.plan.surge_end_s() - f.plan.surge_start_s(),
+        title = escape(&f.title),
     );
     let db = Panel {
         x: LEFT,
@@ -187,11 +202,12 @@ pub fn svg(f: &Figure) -> String {
         y_max: nice_ceil(f64::from(f.pool_size) * 1.15),
     };
     db.frame(&mut svg, "Database connections in use (the most in each 100 ms)", f.plan, "connections");
+    let [a, b] = f.runs;
     legend(
         &mut svg,
         LEFT + 440.0,
         TOP - 10.0,
-        &[("without surgeguard", WITHOUT, None), ("with surgeguard", WITH, None), ("pool size", "#555", Some("6 4"))],
+        &[(a.label, FIRST, None), (b.label, WITH, None), ("pool size", "#555", Some("6 4"))],
     );
     let pool = f64::from(f.pool_size);
     db.line(&mut svg, &[(0.0, pool), (d, pool)], "#555", Some("6 4"));
@@ -205,17 +221,18 @@ pub fn svg(f: &Figure) -> String {
             db.py(k) - 3.0
         );
     }
-    db.line(&mut svg, &db_points(&f.without.db_in_use), WITHOUT, None);
-    db.line(&mut svg, &db_points(&f.with.db_in_use), WITH, None);
+    db.line(&mut svg, &db_points(&a.run.db_in_use), FIRST, None);
+    db.line(&mut svg, &db_points(&b.run.db_in_use), WITH, None);
 
     let col_w = (W - LEFT - 20.0 - GAP) / 2.0;
-    let runs = [("without surgeguard", f.without), ("with surgeguard", f.with)];
+    let runs = [(a.label, a.run), (b.label, b.run)];
     for (col, (label, _)) in runs.iter().enumerate() {
         let _ = writeln!(
             svg,
-            r#"<text x="{:.1}" y="{:.1}" class="c" text-anchor="middle">{label}</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" class="c" text-anchor="middle">{}</text>"#,
             LEFT + col as f64 * (col_w + GAP) + col_w / 2.0,
-            kinds_top - 50.0
+            kinds_top - 50.0,
+            escape(label)
         );
     }
     legend(
@@ -270,7 +287,8 @@ pub fn claims_html(h: &mut String, claims: &[Claim]) {
     }
 }
 
-pub fn html(f: &Figure, claims: &[Claim], settings: &str) -> String {
+pub fn html(f: &Figure, claims: &[Claim], page: &Page) -> String {
+    let [a, b] = f.runs;
     let mut h = String::from(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>surgeguard demo report</title>
@@ -282,23 +300,28 @@ th{background:#f6f6f6}td:first-child,th:first-child{text-align:left}
 .sep{border-left:2px solid #bbb}.ok{color:#2e7d32}.no{color:#c62828;font-weight:700}
 code{background:#f3f3f3;padding:0 3px}svg{max-width:100%;height:auto}
 </style></head><body>
-<h1>surgeguard demo: the postmortem's surge, without and with the filter</h1>
 "#,
     );
-    let _ = writeln!(h, "<p>{}</p>", escape(settings));
+    let _ = writeln!(h, "<h1>{}</h1>", escape(page.heading));
+    let _ = writeln!(h, "<p>{}</p>", escape(page.settings));
     h.push_str("<h2>What the runs show</h2>\n<ul>\n");
     claims_html(&mut h, claims);
     h.push_str("</ul>\n<h2>Per traffic kind</h2>\n<table>\n");
-    h.push_str(r#"<tr><th></th><th></th><th class="sep" colspan="5">without surgeguard</th><th class="sep" colspan="5">with surgeguard</th></tr>"#);
+    let _ = write!(
+        h,
+        r#"<tr><th></th><th></th><th class="sep" colspan="5">{}</th><th class="sep" colspan="5">{}</th></tr>"#,
+        escape(a.label),
+        escape(b.label)
+    );
     h.push_str("\n<tr><th>kind</th><th>offered</th>");
     for _ in 0..2 {
         h.push_str(r#"<th class="sep">served</th><th>refused</th><th>failed</th><th>p50 ms</th><th>p99 ms</th>"#);
     }
     h.push_str("</tr>\n");
-    let rows = Kind::ALL.iter().map(|k| (k.name(), f.without.kind(*k), f.with.kind(*k))).chain(std::iter::once((
+    let rows = Kind::ALL.iter().map(|k| (k.name(), a.run.kind(*k), b.run.kind(*k))).chain(std::iter::once((
         "all",
-        f.without.all(),
-        f.with.all(),
+        a.run.all(),
+        b.run.all(),
     )));
     for (name, a, b) in rows {
         let _ = write!(h, "<tr><td>{name}</td><td>{}</td>", a.offered);
@@ -313,9 +336,14 @@ code{background:#f3f3f3;padding:0 3px}svg{max-width:100%;height:auto}
     }
     let _ = writeln!(
         h,
-        "</table>\n<p>Database connections in use at peak (pool of {}): without the filter <b>{}</b>, with surgeguard <b>{}</b>.</p>",
-        f.pool_size, f.without.pool.peak_in_use, f.with.pool.peak_in_use
+        "</table>\n<p>Database connections in use at peak (pool of {}): {} <b>{}</b>, {} <b>{}</b>.</p>",
+        f.pool_size,
+        escape(a.label),
+        a.run.pool.peak_in_use,
+        escape(b.label),
+        b.run.pool.peak_in_use
     );
+    h.push_str(page.extra_html);
     h.push_str("<h2>Over time</h2>\n");
     h.push_str(&svg(f));
     h.push_str(

@@ -2,6 +2,9 @@
 //! the database tier; plus `GET /_db` (the pool's connections in use, now and at peak, as JSON)
 //! and `GET /healthz` (no database).
 //!
+//! Scaled out (`replicas` > 1), the storefront runs that many replicas, each on its own port, all
+//! on one database tier: one pool, whichever replica a request reaches.
+//!
 //! Invariants: every page request runs exactly one query through the pool; a request that gets
 //! no connection within the pool-wait timeout is answered `500` (the postmortem's failure) and
 //! never reaches the database; the server stops when its handle is dropped.
@@ -100,6 +103,9 @@ pub struct StorefrontConfig {
     pub pool_wait: Duration,
     pub backend: BackendSpec,
     pub worker_threads: usize,
+    /// Replicas of the storefront in front of the one database tier, each on its own port (the
+    /// first on `port`, the others on free ports).
+    pub replicas: usize,
 }
 
 impl Default for StorefrontConfig {
@@ -110,13 +116,17 @@ impl Default for StorefrontConfig {
             pool_wait: Duration::from_millis(1000),
             backend: BackendSpec::Model(Contention::default()),
             worker_threads: 1,
+            replicas: 1,
         }
     }
 }
 
 /// A running storefront; stops on drop.
 pub struct Storefront {
+    /// The first replica's port.
     pub port: u16,
+    /// Every replica's port, in order (`port` first).
+    pub replica_ports: Vec<u16>,
     pub db: Arc<Database>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -187,31 +197,41 @@ impl Storefront {
             }
         };
         let db = Arc::new(Database::new(pool, backend, config.pool_wait));
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", config.port)))
-            .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
-        let port = listener.local_addr().map_err(|e| format!("storefront address: {e}"))?.port();
-        let server_db = Arc::clone(&db);
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    // Out of file descriptors, say: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let db = Arc::clone(&server_db);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let db = Arc::clone(&db);
-                        async move { Ok::<_, std::convert::Infallible>(handle(&db, req).await) }
-                    });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-        });
-        Ok(Storefront { port, db, runtime: Some(runtime) })
+        let mut replica_ports = Vec::with_capacity(config.replicas.max(1));
+        for replica in 0..config.replicas.max(1) {
+            let port = if replica == 0 { config.port } else { 0 };
+            replica_ports.push(serve(&runtime, port, Arc::clone(&db))?);
+        }
+        Ok(Storefront { port: replica_ports[0], replica_ports, db, runtime: Some(runtime) })
     }
+}
+
+/// One replica: a listener on 127.0.0.1:`port` (0: any free port) whose pages run on `db`.
+/// Returns the port bound.
+fn serve(runtime: &tokio::runtime::Runtime, port: u16, server_db: Arc<Database>) -> Result<u16, String> {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let port = listener.local_addr().map_err(|e| format!("storefront address: {e}"))?.port();
+    runtime.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors, say: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let db = Arc::clone(&server_db);
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let db = Arc::clone(&db);
+                    async move { Ok::<_, std::convert::Infallible>(handle(&db, req).await) }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok(port)
 }
 
 impl Drop for Storefront {
@@ -284,5 +304,18 @@ mod tests {
         assert_eq!(s.db.stats().wait_timeouts, 1);
         drop(held);
         assert_eq!(request(s.port, &Req::get("/products/3")).unwrap().status, 200);
+    }
+
+    #[test]
+    fn replicas_serve_on_their_own_ports_from_one_pool() {
+        let s =
+            Storefront::start(&StorefrontConfig { replicas: 3, pool_size: 5, ..StorefrontConfig::default() }).unwrap();
+        assert_eq!(s.replica_ports.len(), 3);
+        assert_eq!(s.replica_ports[0], s.port);
+        for port in &s.replica_ports {
+            assert_eq!(request(*port, &Req::get("/products/1")).unwrap().status, 200);
+        }
+        let stats = s.db.stats();
+        assert_eq!((stats.size, stats.leases), (5, 3), "one pool counted every replica's query");
     }
 }

@@ -90,6 +90,15 @@ pub struct Run {
     pub filter_counters: BTreeMap<String, u64>,
 }
 
+/// A run as the table and the report name it: `label` in headings ("with surgeguard"), `short`
+/// in running text ("with").
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    pub label: &'a str,
+    pub short: &'a str,
+    pub run: &'a Run,
+}
+
 /// One run in `summary.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {

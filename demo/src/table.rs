@@ -1,7 +1,8 @@
 //! The side-by-side table (terminal and Markdown): per traffic kind, what was offered, and for
-//! each run served, refused, failed, p50 and p99; then the database tier's peak connections.
+//! each of two runs (named by the caller: without / with surgeguard, per-Envoy / fleet limits)
+//! served, refused, failed, p50 and p99; then the database tier's peak connections.
 
-use crate::summary::{Run, Stats};
+use crate::summary::{Side, Stats};
 use crate::traffic::Kind;
 
 fn row_cells(s: &Stats) -> [String; 5] {
@@ -17,14 +18,11 @@ fn row_cells(s: &Stats) -> [String; 5] {
 const HEAD: [&str; 5] = ["served", "refused", "failed", "p50 ms", "p99 ms"];
 
 /// The terminal table.
-pub fn text(pool_size: u32, without: &Run, with: &Run) -> String {
+pub fn text(pool_size: u32, a: Side, b: Side) -> String {
     let w = [7usize, 8, 7, 7, 7];
     let run_width: usize = w.iter().sum::<usize>() + 4;
     let mut out = String::new();
-    out.push_str(&format!(
-        "{:<10}{:>8} │ {:^run_width$} │ {:^run_width$}\n",
-        "", "", "without surgeguard", "with surgeguard"
-    ));
+    out.push_str(&format!("{:<10}{:>8} │ {:^run_width$} │ {:^run_width$}\n", "", "", a.label, b.label));
     let head = |out: &mut String| {
         for (h, w) in HEAD.iter().zip(w) {
             out.push_str(&format!("{h:>w$} "));
@@ -36,11 +34,7 @@ pub fn text(pool_size: u32, without: &Run, with: &Run) -> String {
     head(&mut out);
     out.push('\n');
     out.push_str(&format!("{}\n", "─".repeat(18 + 2 * run_width + 6)));
-    let rows: Vec<(&str, Stats, Stats)> = Kind::ALL
-        .iter()
-        .map(|k| (k.name(), without.kind(*k), with.kind(*k)))
-        .chain(std::iter::once(("all", without.all(), with.all())))
-        .collect();
+    let rows = rows(a, b);
     for (i, (name, a, b)) in rows.iter().enumerate() {
         if i == rows.len() - 1 {
             out.push_str(&format!("{}\n", "─".repeat(18 + 2 * run_width + 6)));
@@ -56,24 +50,29 @@ pub fn text(pool_size: u32, without: &Run, with: &Run) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        "database connections in use, peak (pool {pool_size}): without {}, with {}\n",
-        without.pool.peak_in_use, with.pool.peak_in_use
+        "database connections in use, peak (pool {pool_size}): {} {}, {} {}\n",
+        a.short, a.run.pool.peak_in_use, b.short, b.run.pool.peak_in_use
     ));
     out
 }
 
+/// Per kind, then `all`: the name and each run's figures.
+fn rows(a: Side, b: Side) -> Vec<(&'static str, Stats, Stats)> {
+    Kind::ALL
+        .iter()
+        .map(|k| (k.name(), a.run.kind(*k), b.run.kind(*k)))
+        .chain(std::iter::once(("all", a.run.all(), b.run.all())))
+        .collect()
+}
+
 /// The same table in Markdown (for docs and the README).
-pub fn markdown(pool_size: u32, without: &Run, with: &Run) -> String {
-    let mut out = String::from(
-        "| kind | offered | without: served | refused | failed | p50 ms | p99 ms | with surgeguard: served | refused | failed | p50 ms | p99 ms |\n\
+pub fn markdown(pool_size: u32, a: Side, b: Side) -> String {
+    let mut out = format!(
+        "| kind | offered | {}: served | refused | failed | p50 ms | p99 ms | {}: served | refused | failed | p50 ms | p99 ms |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        a.short, b.label
     );
-    let rows = Kind::ALL.iter().map(|k| (k.name(), without.kind(*k), with.kind(*k))).chain(std::iter::once((
-        "all",
-        without.all(),
-        with.all(),
-    )));
-    for (name, a, b) in rows {
+    for (name, a, b) in rows(a, b) {
         out.push_str(&format!(
             "| {name} | {} | {} | {} |\n",
             a.offered,
@@ -82,8 +81,8 @@ pub fn markdown(pool_size: u32, without: &Run, with: &Run) -> String {
         ));
     }
     out.push_str(&format!(
-        "\nDatabase connections in use, peak (pool of {pool_size}): without {}, with surgeguard {}.\n",
-        without.pool.peak_in_use, with.pool.peak_in_use
+        "\nDatabase connections in use, peak (pool of {pool_size}): {} {}, {} {}.\n",
+        a.short, a.run.pool.peak_in_use, b.label, b.run.pool.peak_in_use
     ));
     out
 }

@@ -173,9 +173,12 @@ impl Record {
         self.bytes.truncate(kept);
     }
 
-    /// Requests in flight at `now_ns`, counting live instances only.
+    /// Requests in flight at `now_ns`, counting live instances only. Saturating: a value of
+    /// another layout or a torn write may hold any counts, and a wrapped sum would admit.
     pub fn in_flight(&self, now_ns: u64) -> u64 {
-        self.entries().filter(|e| e.1 & IN_FLIGHT_TAG != 0 && is_live(e.3, now_ns)).map(|e| e.2).sum()
+        self.entries()
+            .filter(|e| e.1 & IN_FLIGHT_TAG != 0 && is_live(e.3, now_ns))
+            .fold(0, |sum: u64, e| sum.saturating_add(e.2))
     }
 
     /// This instance's live count (a dead entry's count cannot be trusted: its releases may
@@ -194,11 +197,11 @@ impl Record {
 
     /// Takes a slot if `in_flight + 1 <= class_max`; returns whether it did.
     pub fn acquire(&mut self, instance: u32, now_ns: u64, class_max: u32) -> bool {
-        if self.in_flight(now_ns) + 1 > u64::from(class_max) {
+        if self.in_flight(now_ns).saturating_add(1) > u64::from(class_max) {
             return false;
         }
         let (count, heartbeat) = self.own_count(instance, now_ns);
-        self.set_own(instance, count + 1, heartbeat, now_ns);
+        self.set_own(instance, count.saturating_add(1), heartbeat, now_ns);
         true
     }
 
@@ -329,6 +332,22 @@ mod tests {
         assert_eq!(r.lease(21), Lease::default());
         assert_eq!(r.lease(22).tokens, 2);
         assert_eq!(r.bucket(11), T0 + 5);
+    }
+
+    // Found by fuzzing (fuzz/, target `record`): the sum overflowed (a panic in a debug build,
+    // a wrapped count that admits in a release one).
+    #[test]
+    fn counts_that_overflow_the_sum_refuse_instead_of_wrapping() {
+        let mut r = Record::default();
+        r.put(in_flight_tag(1), u64::MAX - 1, T0);
+        r.put(in_flight_tag(2), 3, T0);
+        assert_eq!(r.in_flight(T0), u64::MAX);
+        assert!(!r.acquire(1, T0, u32::MAX));
+        let mut own = Record::default();
+        own.put(in_flight_tag(1), u64::MAX, T0);
+        assert!(!own.acquire(1, T0, u32::MAX));
+        own.release(1, T0);
+        assert_eq!(own.in_flight(T0), u64::MAX - 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 #   ./build.sh oci [REF]    package dist/surgeguard.wasm as an OCI image for Istio
 #   ./build.sh envoy        print the Envoy binary the project uses (installing it if needed)
 #   ./build.sh rls          print the rate limit service binary for fleet limits (building it if needed)
+#   ./build.sh fuzz [SECS]  coverage-guided fuzzing of every target in fuzz/ for SECS each (default 60)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -169,6 +170,63 @@ test_rls() {
   nice -n 19 cargo test -q --locked --release --manifest-path rls/Cargo.toml --target-dir "$RLS_TARGET"
 }
 
+# Fuzzing (fuzz/): cargo-fuzz needs a nightly toolchain, installed beside the pinned stable
+# one and used for nothing else; cargo-fuzz itself is built once per machine into the tools cache.
+CARGO_FUZZ_VERSION=0.13.2
+ensure_fuzz_tools() {
+  rustup toolchain list 2>/dev/null | grep -q '^nightly-' || {
+    say "installing the nightly toolchain (cargo-fuzz only)"
+    rustup toolchain install nightly --profile minimal >&2 || die "rustup toolchain install nightly failed"
+  }
+  local bin=$TOOLS_ROOT/bin/cargo-fuzz
+  if [ "$("$bin" --version 2>/dev/null | awk '{print $2}')" != "$CARGO_FUZZ_VERSION" ]; then
+    say "installing cargo-fuzz $CARGO_FUZZ_VERSION into $TOOLS_ROOT (once per machine; ~1.5 min)"
+    nice -n 19 cargo install -q --locked --root "$TOOLS_ROOT" cargo-fuzz --version "$CARGO_FUZZ_VERSION" >&2 \
+      || die "cargo install cargo-fuzz failed"
+  fi
+  # libfuzzer-sys compiles libFuzzer (C++) from source.
+  ensure_apt c++ g++
+  export PATH=$TOOLS_ROOT/bin:$PATH
+}
+
+# Runs every fuzz target for SECONDS, one after the other at the lowest priority (other work on
+# the machine keeps its CPU). New inputs go to fuzz/work/ (the checked-in seeds in fuzz/corpus/
+# are read, not written); crashes to fuzz/artifacts/TARGET/, each run's log beside them.
+fuzz_all() {
+  local seconds=${1:-60}
+  [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || die "usage: ./build.sh fuzz [SECONDS]"
+  ensure_fuzz_tools
+  cd "$ROOT/fuzz"
+  # No sanitizer: the code under test is safe Rust, and ASan would halve the executions.
+  # Release with debug assertions and overflow checks: cargo-fuzz's default.
+  local fuzz=(cargo +nightly fuzz)
+  say "building the fuzz targets (nightly)"
+  nice -n 19 "${fuzz[@]}" build -s none >&2 || die "building the fuzz targets failed"
+  local target failed=() log
+  for target in $("${fuzz[@]}" list); do
+    mkdir -p "work/$target" "corpus/$target" "artifacts/$target"
+    log=artifacts/$target.log
+    if nice -n 19 "${fuzz[@]}" run -s none "$target" "work/$target" "corpus/$target" -- \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+      printf '%-18s ok     %s\n' "$target" "$(fuzz_summary "$log")"
+    else
+      printf '%-18s FAILED %s (fuzz/%s; inputs in fuzz/artifacts/%s/)\n' "$target" "$(fuzz_summary "$log")" "$log" "$target"
+      failed+=("$target")
+    fi
+  done
+  [ ${#failed[@]} -eq 0 ] || die "fuzzing found crashes in: ${failed[*]}"
+}
+
+# "N execs (R/s), coverage C edges, F features, corpus K" from a libFuzzer log.
+fuzz_summary() {
+  awk '
+    /^#[0-9]+/ { for (i = 1; i <= NF; i++) { if ($i == "cov:") cov = $(i+1); if ($i == "ft:") ft = $(i+1); if ($i == "corp:") corp = $(i+1) } }
+    /^stat::number_of_executed_units:/ { runs = $2 }
+    /^stat::average_exec_per_sec:/ { rate = $2 }
+    END { printf "%s execs (%s/s), coverage %s edges, %s features, corpus %s", runs, rate, cov, ft, corp }
+  ' "$1"
+}
+
 test_all() {
   build
   ensure_envoy
@@ -183,6 +241,9 @@ test_all() {
   cargo clippy -q --lib --target wasm32-wasip1 -p surgeguard -- -D warnings
   say "native tests (unit, property, end-to-end in Envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -o '1\.[0-9]*\.[0-9]*' | head -1))"
   cargo test --workspace --no-fail-fast -- --test-threads=1
+  say "fuzz/: clippy, and its corpus replayed through the fuzz targets' checks (stable, no libFuzzer)"
+  cargo clippy -q --locked --manifest-path fuzz/Cargo.toml --no-default-features --all-targets -- -D warnings
+  cargo test -q --locked --manifest-path fuzz/Cargo.toml --no-default-features
   say "core tests compiled to wasm32 (wasm-bindgen-test in Node)"
   cargo test --lib --target wasm32-unknown-unknown -p surgeguard
 }
@@ -197,6 +258,7 @@ case "$cmd" in
     cargo run -q --release --bin surgeguard-check -- "$1" ;;
   envoy) ensure_envoy; echo "$ENVOY_BIN" ;;
   rls) ensure_rls; echo "$SURGEGUARD_RLS_BIN" ;;
+  fuzz) fuzz_all "$@" ;;
   demo)
     build; ensure_envoy
     # --fleet needs Redis and the rate limit service (built once per machine).

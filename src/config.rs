@@ -367,8 +367,17 @@ fn render(v: &Value) -> String {
 }
 
 fn field_path(parent: &str, name: &str) -> String {
+    // An unknown field's name is the user's text: escaped, a line break in it cannot split the
+    // problem's log line (or forge another one); an empty one is shown as `""`.
+    let name: std::borrow::Cow<str> = if name.is_empty() {
+        "\"\"".into()
+    } else if name.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}') {
+        name.escape_debug().to_string().into()
+    } else {
+        name.into()
+    };
     if parent.is_empty() {
-        name.to_string()
+        name.into_owned()
     } else {
         format!("{parent}.{name}")
     }

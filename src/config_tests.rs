@@ -82,6 +82,22 @@ fn contract_error_strings() {
     );
 }
 
+// Found by fuzzing (fuzz/, target `config`): the name went into the path raw.
+#[test]
+fn an_unknown_field_named_with_line_breaks_is_reported_on_one_line() {
+    let e = errors(r#"{"classes": [{"name": "a", "res\rve": 0.5}], "x\ny\u2028": 1}"#);
+    assert_eq!(e, vec!["x\\ny\\u{2028}: unknown field", "classes[0].res\\rve: unknown field"]);
+}
+
+// Found by fuzzing (fuzz/, target `config`): the path was empty.
+#[test]
+fn an_unknown_field_with_an_empty_name_is_reported_with_a_path() {
+    assert_eq!(
+        errors(r#"{"": 1, "limits": [{"": 2}]}"#)[..2],
+        [r#""": unknown field"#, r#"limits[0]."": unknown field"#]
+    );
+}
+
 #[test]
 fn every_problem_is_reported_not_just_the_first() {
     let e = errors(

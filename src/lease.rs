@@ -126,7 +126,8 @@ impl Lease {
     /// in local mode the caller uses the fallback bucket).
     pub fn take(&mut self, reserve_tokens: u64, params: &LeaseParams, now_ns: u64) -> Result<(), Refused> {
         self.expire_window(params, now_ns);
-        let known_remaining = (self.fleet_remaining + self.tokens).saturating_sub(self.debt);
+        // Saturating: a stored lease of another layout or a torn write may hold any numbers.
+        let known_remaining = self.fleet_remaining.saturating_add(self.tokens).saturating_sub(self.debt);
         if known_remaining < reserve_tokens.saturating_add(1) {
             // The fleet is into this class's reserve until the window resets.
             return Err(Refused { wait_ns: self.window_end_ns.saturating_sub(now_ns).max(1) });

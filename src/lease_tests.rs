@@ -407,3 +407,18 @@ fn a_sheddable_flood_on_one_envoy_leaves_the_reserve_to_critical_traffic_on_anot
         assert!(n + u64::from(p.max_hits) >= p.capacity - sheddable_reserve, "window {w}: only {n} sheddable");
     }
 }
+
+// Found by fuzzing (fuzz/, target `lease`): the sum overflowed (a panic in a debug build).
+#[test]
+fn a_stored_lease_with_huge_numbers_still_takes_without_overflowing() {
+    let p = params();
+    let mut l = Lease {
+        mode: Mode::Fleet,
+        tokens: u64::MAX,
+        fleet_remaining: u64::MAX,
+        window_end_ns: T0 + S,
+        ..Lease::default()
+    };
+    assert_eq!(l.take(0, &p, T0), Ok(()));
+    assert_eq!(l.tokens, u64::MAX - 1);
+}

@@ -206,15 +206,17 @@ impl Record {
         true
     }
 
-    /// Requests in flight at `now_ns`, counting live instances only.
+    /// Requests in flight at `now_ns`, counting live instances only. Saturating: a value of
+    /// another layout or a torn write may hold any counts, and a wrapped sum would admit.
     pub fn in_flight(&self, now_ns: u64) -> u64 {
-        let mut total = 0;
+        let mut total: u64 = 0;
         for i in 0..self.entry_count() {
             let at = i * ENTRY_BYTES;
             if self.tag_at(at) & IN_FLIGHT_TAG != 0 {
                 let (count, heartbeat) = self.values_at(at);
                 if is_live(heartbeat, now_ns) {
-                    total += count;
+                    // Saturating: a torn or foreign stored record must refuse, not wrap.
+                    total = total.saturating_add(count);
                 }
             }
         }
@@ -237,11 +239,11 @@ impl Record {
 
     /// Takes a slot if `in_flight + 1 <= class_max`; returns whether it did.
     pub fn acquire(&mut self, instance: u32, now_ns: u64, class_max: u32) -> bool {
-        if self.in_flight(now_ns) + 1 > u64::from(class_max) {
+        if self.in_flight(now_ns).saturating_add(1) > u64::from(class_max) {
             return false;
         }
         let (count, heartbeat) = self.own_count(instance, now_ns);
-        self.set_own(instance, count + 1, heartbeat, now_ns);
+        self.set_own(instance, count.saturating_add(1), heartbeat, now_ns);
         true
     }
 
@@ -372,6 +374,22 @@ mod tests {
         assert_eq!(r.lease(21), Lease::default());
         assert_eq!(r.lease(22).tokens, 2);
         assert_eq!(r.bucket(11), T0 + 5);
+    }
+
+    // Found by fuzzing (fuzz/, target `record`): the sum overflowed (a panic in a debug build,
+    // a wrapped count that admits in a release one).
+    #[test]
+    fn counts_that_overflow_the_sum_refuse_instead_of_wrapping() {
+        let mut r = Record::default();
+        r.put(in_flight_tag(1), u64::MAX - 1, T0);
+        r.put(in_flight_tag(2), 3, T0);
+        assert_eq!(r.in_flight(T0), u64::MAX);
+        assert!(!r.acquire(1, T0, u32::MAX));
+        let mut own = Record::default();
+        own.put(in_flight_tag(1), u64::MAX, T0);
+        assert!(!own.acquire(1, T0, u32::MAX));
+        own.release(1, T0);
+        assert_eq!(own.in_flight(T0), u64::MAX - 1);
     }
 
     #[test]

@@ -118,7 +118,9 @@ impl Record {
     }
 
     /// Drops what carries no information at `now_ns`: full buckets and dead instances (except
-    /// `keep_instance`, which is being written).
+    /// `keep_instance`, which is being written). A dropped bucket reads as full: if the clock
+    /// later steps back by `d`, that bucket holds up to `d` worth of tokens more than it would
+    /// have (the one way a backward clock gives tokens; bounded by the step).
     pub fn prune(&mut self, now_ns: u64, keep_instance: Option<u32>) {
         let keep_tag = keep_instance.map(in_flight_tag);
         self.retain(|record, at, tag| {

@@ -2,7 +2,7 @@
 //! `surgeguard-rls`, started once and stopped when dropped), and what its Envoy's stats say about
 //! the leases: whether the limit is in fleet mode, and how often it calls the service.
 //!
-//! Two counts of calls: the module's `lease_calls` (the figure; the module hands its
+//! Two counts of calls: the module's `lease_calls` (the figure the floor reads; the module hands its
 //! counters to Envoy on its heartbeat, every second, so a reading can be up to a second late)
 //! and Envoy's own count of requests to the service's cluster (exact, as a cross-check).
 

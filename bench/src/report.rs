@@ -313,9 +313,9 @@ fn prices(r: &Results) -> String {
     out
 }
 
-/// Issue 5's floors and whether the build meets them.
+/// The performance floors and whether the build meets them.
 fn floors(r: &Results) -> String {
-    let mut out = String::from("\n## Floors (issue 5), current build\n\n");
+    let mut out = String::from("\n## Performance floors, current build\n\n");
     let _ = writeln!(out, "| floor | target | now | met |");
     let _ = writeln!(out, "|---|---|---:|---|");
     for f in &r.floors {
@@ -367,7 +367,7 @@ mod tests {
                 "### direct_response (Envoy answers itself: the filter's cost dominates; the headline figures)",
                 "## Accuracy (2 workers, 5x overload)",
                 "## Module size and start-up",
-                "## Floors (issue 5), current build",
+                "## Performance floors, current build",
             ]
         );
         assert!(md.contains("- method: Envoy `--concurrency 1` pinned to core 0 (`taskset -c 0`); load on core 1: `wrk -t1 -c32` for 3.0 s per arm"));

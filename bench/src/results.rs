@@ -1,5 +1,5 @@
 //! The measurements of one run, their summaries (medians over rounds, spread), the ratios
-//! between arms, the floors of issue 5, and each variant's part of `results.json`.
+//! between arms, the performance targets (floors), and each variant's part of `results.json`.
 //!
 //! Ratios are throughput ratios: `rps(a) / rps(b)` from the medians over rounds of one
 //! interleaved run. Each round's paired ratio is kept too (`per_round`), so the spread of a
@@ -165,7 +165,7 @@ pub fn user_over(run: &VariantRun, arm: Arm, base: Arm) -> Option<f64> {
     Some(f(arm)? - f(base)?)
 }
 
-/// One floor of issue 5 and where the current build stands.
+/// One performance floor and where the current build stands.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Floor {
     #[serde(rename = "floor")]
@@ -178,7 +178,7 @@ pub struct Floor {
     pub met: Option<bool>,
 }
 
-/// The figures issue 5 sets floors on. Throughput and CPU per variant: direct_response is the
+/// The figures the performance floors are set on. Throughput and CPU per variant: direct_response is the
 /// worst case (the headline), upstream the production shape. Module size is reported, not
 /// judged (its target was retired).
 pub struct FloorInputs {
@@ -401,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn floors_compare_each_figure_with_issue_5() {
+    fn floors_compare_each_figure_with_its_target() {
         let f = floors(&FloorInputs {
             ratio_vs_empty: Some(0.85),
             cpu_over_empty_us: Some(4.9),

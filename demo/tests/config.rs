@@ -1,6 +1,6 @@
 //! The shipped demo configuration: `envoy/demo.yaml` carries `envoy/storefront.json` word for
 //! word, the filter's own parser accepts it, and it sorts the demo's traffic into the classes
-//! the issue asks for, with an in-flight limit sized from the database tier.
+//! a storefront needs, with an in-flight limit sized from the database tier.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -72,7 +72,7 @@ fn the_in_flight_limit_is_sized_from_the_database_tier() {
 }
 
 #[test]
-fn the_demo_traffic_gets_the_classes_the_issue_asks_for() {
+fn the_demo_traffic_gets_the_classes_a_storefront_needs() {
     let text = std::fs::read(root().join("envoy/storefront.json")).unwrap();
     let policy = surgeguard::config::parse(&text).unwrap();
     let class_of = |req: &surgeguard_harness::client::Req| {

@@ -1,7 +1,7 @@
 //! `--fleet` at reduced scale (12 s of traffic per run instead of 24, same rates, the shipped
 //! configs): three Envoys on one database tier, per-Envoy limits then fleet-wide ones leased
 //! from a real `surgeguard-rls` over a real Redis. `summary.json` must have the main demo's
-//! shape and show what the issue asks for; nothing the demo started may outlive it. A watchdog
+//! shape and show what a fleet-wide limit promises; nothing the demo started may outlive it. A watchdog
 //! raises the demo's cancel flag if it runs too long, so the test ends either way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

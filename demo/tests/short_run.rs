@@ -1,6 +1,6 @@
 //! The whole demo at reduced scale (12 s of traffic per run instead of 24, same rates, same
 //! shipped config), through a real Envoy with the real module: `summary.json` must show what
-//! the issue asks for. Every process it starts is stopped by its handle, also on failure.
+//! the contract promises. Every process it starts is stopped by its handle, also on failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

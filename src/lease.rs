@@ -134,9 +134,10 @@ impl Lease {
         }
         if self.tokens > 0 {
             self.tokens -= 1;
-        } else if self.debt < u64::from(params.min_hits) {
+        } else if self.debt < credit_for(reserve_tokens, params) {
             // The block ran out before its refill arrived (or the window just reset): a few
-            // requests go on credit, paid from the next grant, rather than refused.
+            // requests go on credit, paid from the next grant, rather than refused. The credit
+            // has reserves too, so the last of it is kept for the most important classes.
             self.debt += 1;
         } else {
             return Err(Refused { wait_ns: params.refill_period_ns.max(1) });
@@ -304,6 +305,14 @@ impl Lease {
             debt: w[9],
         }
     }
+}
+
+/// The credit (at most `min_hits`) a class with `reserve_tokens` may run up: the share
+/// `1 - reserve` of it, as for every other capacity.
+fn credit_for(reserve_tokens: u64, params: &LeaseParams) -> u64 {
+    let capacity = params.capacity.max(1);
+    let usable = capacity.saturating_sub(reserve_tokens);
+    (u128::from(params.min_hits) * u128::from(usable) / u128::from(capacity)) as u64
 }
 
 fn switch(before: Mode, after: Mode) -> Switch {

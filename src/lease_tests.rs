@@ -80,6 +80,18 @@ fn the_low_water_mark_claims_one_refill_sized_from_the_observed_rate() {
 }
 
 #[test]
+fn the_credit_has_reserves_too_so_its_last_share_is_kept_for_the_most_important_class() {
+    let p = params(); // min_hits 10, capacity 1000
+    let mut l = leased(1, 900);
+    l.take(0, &p, T0 + MS).unwrap();
+    let sheddable = (0..20).filter(|_| l.take(500, &p, T0 + MS).is_ok()).count();
+    assert_eq!(sheddable, 5, "half of the credit for a reserve of half");
+    let critical = (0..20).filter(|_| l.take(0, &p, T0 + MS).is_ok()).count();
+    assert_eq!(critical, 5, "the rest of it");
+    assert_eq!(l.debt, 10);
+}
+
+#[test]
 fn credit_is_paid_from_the_next_grant() {
     let p = params();
     let mut l = leased(1, 900);

@@ -341,15 +341,20 @@ pub(crate) fn database(o: &Options) -> DemoDatabase {
     }
 }
 
+/// The load as the summaries record it: the plan, the traffic mix, the client's timeout.
+pub(crate) fn load_summary(plan: &Plan, offered: usize) -> LoadSummary {
+    LoadSummary {
+        plan: plan.summary(offered),
+        mix: Some(Kind::ALL.iter().map(|k| (k.name(), plan.mix.share(*k))).collect()),
+        client_timeout_ms: CLIENT_TIMEOUT.as_millis() as u64,
+    }
+}
+
 fn summarise(o: &Options, plan: &Plan, offered: usize, without: &Run, with: &Run, claims: &[Claim]) -> DemoSummary {
     DemoSummary {
         db_pool_size: o.pool_size,
         runs: [without, with].into_iter().map(|r| (r.key, r.summary(plan))).collect(),
-        load: LoadSummary {
-            plan: plan.summary(offered),
-            mix: Some(Kind::ALL.iter().map(|k| (k.name(), plan.mix.share(*k))).collect()),
-            client_timeout_ms: CLIENT_TIMEOUT.as_millis() as u64,
-        },
+        load: load_summary(plan, offered),
         database: database(o),
         envoy: EnvoySummary { version: envoy_version(), workers: ENVOY_WORKERS, config: relative(&o.envoy_config) },
         claims: claims.to_vec(),

@@ -17,8 +17,8 @@
 
 use crate::cli::Options;
 use crate::demo::{
-    database, envoy_failed, envoy_version, load_failed, plan, relative, storefront_config, warm_up, DemoDatabase,
-    Monitor, CLIENT_TIMEOUT, FILTER_FLUSH_WAIT, INTERRUPTED,
+    database, envoy_failed, envoy_version, load_failed, load_summary, plan, relative, storefront_config, warm_up,
+    DemoDatabase, Monitor, CLIENT_TIMEOUT, FILTER_FLUSH_WAIT, INTERRUPTED,
 };
 use crate::interrupt::ChildGuard;
 use crate::load::{self, Live};
@@ -634,11 +634,7 @@ fn summarise(
                 limits: FLEET_LIMITS,
             },
         },
-        load: LoadSummary {
-            plan: plan.summary(offered),
-            mix: Some(Kind::ALL.iter().map(|k| (k.name(), plan.mix.share(*k))).collect()),
-            client_timeout_ms: CLIENT_TIMEOUT.as_millis() as u64,
-        },
+        load: load_summary(plan, offered),
         database: database(o),
         envoy: FleetEnvoySummary { version: envoy_version(), workers: FLEET_ENVOY_WORKERS, count: REPLICAS },
         claims: claims.to_vec(),

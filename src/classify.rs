@@ -23,6 +23,23 @@ pub fn strip_query(path: &[u8]) -> &[u8] {
     }
 }
 
+/// The downstream address without its port, as hosts report it: `1.2.3.4:5678` -> `1.2.3.4`,
+/// `[::1]:80` -> `::1`; an address without a port is returned as it is.
+pub fn address_without_port(addr: &[u8]) -> &[u8] {
+    let mut ip = addr;
+    if let Some(colon) = addr.iter().rposition(|&b| b == b':') {
+        let is_bracketed_v6 = addr.first() == Some(&b'[');
+        let is_v4 = addr.iter().filter(|&&b| b == b':').count() == 1;
+        if is_bracketed_v6 || is_v4 {
+            ip = addr.get(..colon).unwrap_or(addr);
+        }
+    }
+    match ip {
+        [b'[', inner @ .., b']'] => inner,
+        _ => ip,
+    }
+}
+
 /// A request given as values.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Request<'a> {
@@ -121,6 +138,15 @@ mod tests {
     use crate::config::parse;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn a_downstream_address_loses_its_port_and_brackets() {
+        assert_eq!(address_without_port(b"10.1.2.3:5678"), b"10.1.2.3");
+        assert_eq!(address_without_port(b"[2001:db8::1]:80"), b"2001:db8::1");
+        assert_eq!(address_without_port(b"2001:db8::1"), b"2001:db8::1");
+        assert_eq!(address_without_port(b"10.1.2.3"), b"10.1.2.3");
+        assert_eq!(address_without_port(b""), b"");
+    }
 
     const STOREFRONT: &str = r#"{
       "classes": [{"name": "critical"}, {"name": "standard", "reserve": 0.2}, {"name": "sheddable", "reserve": 0.5}],

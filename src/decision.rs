@@ -149,6 +149,12 @@ impl Admission {
         }
     }
 
+    /// Per limit, in limit order: the storage key prefix of its keyed slots (a host that can
+    /// delete keys drops the slots of limits no configuration has any more).
+    pub fn slot_prefixes(&self) -> &[String] {
+        &self.slot_prefixes
+    }
+
     fn applicable_limits(&self, req: &dyn RequestView) -> LimitSet {
         self.policy
             .limits_by_id()

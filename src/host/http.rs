@@ -5,7 +5,7 @@
 
 use super::adapters::{now_ns, HostStore};
 use super::root::ConfigInForce;
-use crate::classify::{strip_query, RequestView};
+use crate::classify::{address_without_port, strip_query, RequestView};
 use crate::config::{Mode, Policy};
 use crate::decision::{Decision, Verdict};
 use crate::ids::ClassId;
@@ -85,20 +85,10 @@ fn header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
 }
 
-/// The downstream address without its port: `1.2.3.4:5678` -> `1.2.3.4`, `[::1]:80` -> `::1`.
+/// The downstream address without its port (see `classify::address_without_port`).
 fn client_ip() -> Vec<u8> {
-    let mut addr = hostcalls::get_property(vec!["source", "address"]).ok().flatten().unwrap_or_default();
-    if let Some(colon) = addr.iter().rposition(|&b| b == b':') {
-        let is_bracketed_v6 = addr.first() == Some(&b'[');
-        let is_v4 = addr.iter().filter(|&&b| b == b':').count() == 1;
-        if is_bracketed_v6 || is_v4 {
-            addr.truncate(colon);
-        }
-    }
-    if addr.first() == Some(&b'[') && addr.last() == Some(&b']') {
-        addr = addr.get(1..addr.len() - 1).map(<[u8]>::to_vec).unwrap_or_default();
-    }
-    addr
+    let addr = hostcalls::get_property(vec!["source", "address"]).ok().flatten().unwrap_or_default();
+    address_without_port(&addr).to_vec()
 }
 
 /// The request as the core reads it: each attribute is fetched from Envoy the first time a

@@ -1,5 +1,9 @@
 //! What the end-to-end tests share: a real Envoy (2 workers) running `dist/surgeguard.wasm`
 //! in front of a real upstream on 127.0.0.1. Both stop when the [`Stack`] is dropped.
+//!
+//! `SURGEGUARD_BUILD=native` runs the same tests against the native build
+//! (`dist/libsurgeguard_native.so`, an Envoy dynamic module; see `harness::envoy::Build`):
+//! `./build.sh test` runs the files of local features a second time that way.
 
 use std::time::Duration;
 pub use surgeguard_harness::client;

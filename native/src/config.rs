@@ -1,0 +1,212 @@
+//! One filter configuration: compiled from the JSON Envoy passes to
+//! `on_http_filter_config_new` (refused whole, each problem logged as the wasm build and
+//! `surgeguard-check` report it), with its metrics, its hold on the store, and, with an
+//! in-flight limit, the heartbeat that keeps the process's in-flight entry alive.
+//!
+//! Fleet limits and the adaptive limit are refused for now, naming the field: both need a
+//! periodic tick on every worker and calls to a service, which the wasm build has and this one
+//! does not have yet.
+//!
+//! The process is one instance of the in-flight table (`record`): every worker shares this
+//! memory, and a crash takes all of them, so no entry can outlive its streams. The heartbeat
+//! still runs (the record drops an entry not refreshed for `record::LEASE_NS`, e.g. while a
+//! few long requests are all that is in flight) on a thread of its own that touches only the
+//! store; it stops when the configuration goes.
+
+use crate::envoy::{log, now_ns, ConfigPtr};
+use crate::metrics::Metrics;
+use crate::store::{Lease, STORE};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use surgeguard::config::{ConfigError, Policy};
+use surgeguard::decision::Admission;
+use surgeguard::instance::{agree_on_seed, allocate_instance_id};
+use surgeguard::record::HEARTBEAT_PERIOD_MS;
+
+/// What serving one configuration needs; shared by its streams on every worker.
+pub struct Serving {
+    pub admission: Admission,
+    pub metrics: Metrics,
+    /// This process's id in the in-flight table.
+    pub instance: u32,
+    /// Releases the store refused when their streams ended; the heartbeat applies them.
+    pub late_releases: AtomicU64,
+}
+
+/// A configuration in force. Dropped fields in order: the heartbeat stops before the store
+/// lets go of the namespace.
+pub struct FilterConfig {
+    pub serving: Arc<Serving>,
+    _heartbeat: Option<Heartbeat>,
+    _registered: Registered,
+    _lease: Lease,
+}
+
+/// The process's instance id, allocated once (see the module docs).
+fn process_instance() -> u32 {
+    static INSTANCE: OnceLock<u32> = OnceLock::new();
+    *INSTANCE.get_or_init(|| allocate_instance_id(&STORE, now_ns()))
+}
+
+/// What the native build cannot serve yet, as configuration errors naming the field.
+fn unsupported(policy: &Policy) -> Vec<ConfigError> {
+    let not_yet =
+        |path: String| ConfigError { path, message: "not supported by the native build yet".into(), got: None };
+    let mut errors: Vec<ConfigError> = policy
+        .limits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.fleet.is_some())
+        .map(|(i, _)| not_yet(format!("limits[{i}].fleet")))
+        .collect();
+    if policy.concurrency.as_ref().is_some_and(|c| c.adaptive.is_some()) {
+        errors.push(not_yet("concurrency.adaptive".into()));
+    }
+    errors
+}
+
+impl FilterConfig {
+    /// Compiles `json` for the filter `name`; `None` (refused) after logging every problem.
+    pub fn new(envoy: ConfigPtr, name: &str, json: &[u8]) -> Option<FilterConfig> {
+        let policy = surgeguard::config::parse(json).and_then(|p| {
+            let errors = unsupported(&p);
+            if errors.is_empty() {
+                Ok(p)
+            } else {
+                Err(errors)
+            }
+        });
+        let policy = match policy {
+            Ok(p) => p,
+            Err(errors) => {
+                for e in &errors {
+                    log(crate::abi::LOG_ERROR, &format!("surgeguard: configuration refused: {e}"));
+                }
+                Registered::rejected(name);
+                return None;
+            }
+        };
+        let namespace = format!("surgeguard/{name}");
+        let configured_at_ns = now_ns();
+        let instance = process_instance();
+        let seed = agree_on_seed(&STORE, configured_at_ns, instance);
+        let admission = Admission::new(policy, &namespace, seed);
+        let lease = STORE.hold(&namespace, admission.slot_prefixes().to_vec());
+        // Failing here is not fatal: a decision that finds no record still works.
+        let _ = admission.create_record(&STORE);
+        let metrics = Metrics::define(envoy, &admission.policy);
+        let policy = &admission.policy;
+        log(
+            crate::abi::LOG_INFO,
+            &format!(
+                "surgeguard: configuration accepted: mode {:?}, {} classes, {} rules, {} limits, in-flight limit {} (native build)",
+                policy.mode,
+                policy.classes.len(),
+                policy.rules.len(),
+                policy.limits.len(),
+                policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string()),
+            ),
+        );
+        let with_in_flight = policy.concurrency.is_some();
+        let serving = Arc::new(Serving { admission, metrics, instance, late_releases: AtomicU64::new(0) });
+        let heartbeat = with_in_flight.then(|| Heartbeat::start(Arc::clone(&serving)));
+        let registered = Registered::new(name, Arc::clone(&serving));
+        Some(FilterConfig { serving, _heartbeat: heartbeat, _registered: registered, _lease: lease })
+    }
+}
+
+impl Serving {
+    /// Releases a stream's in-flight slot; never dropped (the heartbeat applies a refused one).
+    pub fn release_in_flight_slot(&self) {
+        match self.admission.release(self.instance, now_ns(), &STORE) {
+            Some(total) => self.metrics.set_in_flight(total),
+            None => {
+                self.late_releases.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn heartbeat(&self) {
+        let late = self.late_releases.swap(0, Ordering::Relaxed);
+        match self.admission.heartbeat(self.instance, now_ns(), late, &STORE) {
+            Some(total) => self.metrics.set_in_flight(total),
+            None => {
+                self.late_releases.fetch_add(late, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The heartbeat thread; stopped and joined on drop.
+struct Heartbeat {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(serving: Arc<Serving>) -> Heartbeat {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let period = Duration::from_millis(HEARTBEAT_PERIOD_MS);
+        let thread = std::thread::Builder::new()
+            .name("surgeguard-hb".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(period) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        // A panic here would end the heartbeat, not Envoy; keep beating.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serving.heartbeat()));
+                    }
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            log(crate::abi::LOG_WARN, "surgeguard: no heartbeat thread: in-flight entries refresh only on requests");
+        }
+        Heartbeat { stop: Some(stop), thread }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the thread at once.
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The configurations in force, by filter name: a refused update is counted
+/// (`surgeguard.config_rejected`) on the one that keeps running.
+static IN_FORCE: Mutex<Vec<(u64, String, Arc<Serving>)>> = Mutex::new(Vec::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+struct Registered {
+    id: u64,
+}
+
+impl Registered {
+    fn new(name: &str, serving: Arc<Serving>) -> Registered {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        IN_FORCE.lock().unwrap_or_else(PoisonError::into_inner).push((id, name.to_string(), serving));
+        Registered { id }
+    }
+
+    /// Counts a refused configuration for `name` on the newest one in force, if any (with a
+    /// static bootstrap there is none: Envoy does not start).
+    fn rejected(name: &str) {
+        let in_force = IN_FORCE.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, _, serving)) = in_force.iter().rev().find(|(_, n, _)| n == name) {
+            serving.metrics.config_rejected();
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        IN_FORCE.lock().unwrap_or_else(PoisonError::into_inner).retain(|(id, _, _)| *id != self.id);
+    }
+}

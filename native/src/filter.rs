@@ -1,0 +1,161 @@
+//! One request: read what the policy needs, decide, count, then continue or reply; the same
+//! steps as the wasm build's `host/http.rs`, over the same core. The in-flight slot is released
+//! exactly once, when Envoy destroys the stream's filter (after every other hook, however the
+//! stream ended).
+
+use crate::abi;
+use crate::config::Serving;
+use crate::envoy::now_ns;
+use crate::store::STORE;
+use std::cell::OnceCell;
+use std::sync::Arc;
+use surgeguard::classify::{address_without_port, strip_query, RequestView};
+use surgeguard::config::{Mode, Policy};
+use surgeguard::decision::{Decision, Verdict};
+use surgeguard::metrics::for_each_counter;
+use surgeguard::response::refusal;
+
+pub struct StreamFilter {
+    serving: Arc<Serving>,
+    holds_in_flight_slot: bool,
+}
+
+impl StreamFilter {
+    pub fn new(serving: Arc<Serving>) -> StreamFilter {
+        StreamFilter { serving, holds_in_flight_slot: false }
+    }
+
+    /// `on_http_filter_request_headers`: `abi::CONTINUE` or, after a refusal was sent,
+    /// `abi::STOP_ITERATION`.
+    pub fn on_request_headers(&mut self, envoy: abi::FilterEnvoyPtr) -> i32 {
+        let s = &*self.serving;
+        let policy = &s.admission.policy;
+        let req = HostRequest::new(envoy, &policy.header_names);
+        let decision = s.admission.decide(&req, now_ns(), s.instance, &STORE);
+        for_each_counter(policy, &decision, |i| s.metrics.bump(i));
+        if let Verdict::Admitted { in_flight: Some(total) } = decision.verdict {
+            self.holds_in_flight_slot = true;
+            s.metrics.set_in_flight(total);
+        }
+        if policy.mode == Mode::Shadow {
+            return abi::CONTINUE;
+        }
+        match decision.verdict {
+            Verdict::Admitted { .. } | Verdict::FailedOpen => abi::CONTINUE,
+            Verdict::RateLimited { .. } | Verdict::Shed { .. } => reply_refused(envoy, policy, &decision),
+        }
+    }
+}
+
+impl Drop for StreamFilter {
+    // `on_http_filter_destroy`: the stream ended, however it ended.
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.holds_in_flight_slot) {
+            self.serving.release_in_flight_slot();
+        }
+    }
+}
+
+// Out of line: most requests are admitted, and the reply's formatting is large.
+#[cold]
+#[inline(never)]
+fn reply_refused(envoy: abi::FilterEnvoyPtr, policy: &Policy, decision: &Decision) -> i32 {
+    let Some(reply) = refusal(policy, decision) else { return abi::CONTINUE };
+    let mut headers: Vec<abi::ModuleHttpHeader> = reply
+        .headers
+        .iter()
+        .map(|(k, v)| abi::ModuleHttpHeader {
+            key_ptr: k.as_ptr().cast(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr().cast(),
+            value_length: v.len(),
+        })
+        .collect();
+    let details: &[u8] = if reply.status == 429 { b"surgeguard_rate_limited" } else { b"surgeguard_shed" };
+    // SAFETY: `envoy` is this stream's filter during its hook; every buffer outlives the call.
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_send_response(
+            envoy,
+            reply.status,
+            headers.as_mut_ptr(),
+            headers.len(),
+            abi::ModuleBuffer::of(reply.body),
+            abi::ModuleBuffer::of(details),
+        );
+    }
+    abi::STOP_ITERATION
+}
+
+/// A request header's value, borrowed from Envoy for the current hook (no copy).
+fn header<'h>(envoy: abi::FilterEnvoyPtr, name: &str) -> Option<&'h [u8]> {
+    let mut value = abi::EnvoyBuffer::EMPTY;
+    let mut count = 0usize;
+    // SAFETY: `envoy` is this stream's filter during its hook; `value` and `count` are writable.
+    let found = unsafe {
+        abi::envoy_dynamic_module_callback_http_get_header(
+            envoy,
+            abi::REQUEST_HEADER,
+            abi::ModuleBuffer::of(name.as_bytes()),
+            &mut value,
+            0,
+            &mut count,
+        )
+    };
+    // SAFETY: Envoy keeps the value valid until the end of the hook; `'h` ends with it.
+    (found && count > 0 && !value.ptr.is_null()).then(|| unsafe { value.as_bytes() })
+}
+
+fn client_ip<'h>(envoy: abi::FilterEnvoyPtr) -> &'h [u8] {
+    let mut value = abi::EnvoyBuffer::EMPTY;
+    // SAFETY: as in `header`.
+    let found = unsafe {
+        abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(
+            envoy,
+            abi::ATTRIBUTE_SOURCE_ADDRESS,
+            &mut value,
+        )
+    };
+    // SAFETY: as in `header`.
+    let addr = if found { unsafe { value.as_bytes() } } else { &[] };
+    address_without_port(addr)
+}
+
+/// The request as the core reads it: each attribute is fetched from Envoy the first time a
+/// rule or limit needs it, then kept (borrowed, for this hook).
+struct HostRequest<'h> {
+    envoy: abi::FilterEnvoyPtr,
+    header_names: &'h [String],
+    method: OnceCell<&'h [u8]>,
+    path: OnceCell<&'h [u8]>,
+    headers: Vec<OnceCell<Option<&'h [u8]>>>,
+    client_ip: OnceCell<&'h [u8]>,
+}
+
+impl<'h> HostRequest<'h> {
+    fn new(envoy: abi::FilterEnvoyPtr, header_names: &'h [String]) -> HostRequest<'h> {
+        HostRequest {
+            envoy,
+            header_names,
+            method: OnceCell::new(),
+            path: OnceCell::new(),
+            headers: header_names.iter().map(|_| OnceCell::new()).collect(),
+            client_ip: OnceCell::new(),
+        }
+    }
+}
+
+impl RequestView for HostRequest<'_> {
+    fn method(&self) -> &[u8] {
+        self.method.get_or_init(|| header(self.envoy, ":method").unwrap_or_default())
+    }
+    fn path(&self) -> &[u8] {
+        strip_query(self.path.get_or_init(|| header(self.envoy, ":path").unwrap_or_default()))
+    }
+    fn header(&self, slot: usize) -> Option<&[u8]> {
+        let name = self.header_names.get(slot)?;
+        *self.headers.get(slot)?.get_or_init(|| header(self.envoy, name))
+    }
+    fn client_ip(&self) -> &[u8] {
+        self.client_ip.get_or_init(|| client_ip(self.envoy))
+    }
+}

@@ -239,6 +239,11 @@ fuzz_summary() {
   ' "$1"
 }
 
+# The end-to-end test files whose features the native build has; the others test what only
+# the wasm build has (its module's exports, OCI, Istio's WasmPlugin, fleet and adaptive limits,
+# failure_policy, ECDS reloads of the wasm resource).
+NATIVE_E2E=(limits shedding keys)
+
 test_all() {
   build
   build_native
@@ -252,8 +257,11 @@ test_all() {
   say "clippy: no unwrap, expect or panic outside tests (module and core)"
   cargo clippy -q --lib --bins -p surgeguard -- -D warnings
   cargo clippy -q --lib --target wasm32-wasip1 -p surgeguard -- -D warnings
+  cargo clippy -q -p surgeguard-native -- -D warnings
   say "native tests (unit, property, end-to-end in Envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -o '1\.[0-9]*\.[0-9]*' | head -1))"
   cargo test --workspace --no-fail-fast -- --test-threads=1
+  say "end-to-end tests of the local features again, against the native build (dist/libsurgeguard_native.so)"
+  SURGEGUARD_BUILD=native cargo test -p surgeguard-e2e --no-fail-fast "${NATIVE_E2E[@]/#/--test=}" -- --test-threads=1
   say "fuzz/: clippy, and its corpus replayed through the fuzz targets' checks (stable, no libFuzzer)"
   cargo clippy -q --locked --manifest-path fuzz/Cargo.toml --no-default-features --all-targets -- -D warnings
   cargo test -q --locked --manifest-path fuzz/Cargo.toml --no-default-features

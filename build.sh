@@ -287,7 +287,7 @@ case "$cmd" in
     case " $* " in *" --fleet "*) ensure_rls ;; esac
     cargo run -q --release -p surgeguard-demo --bin demo -- "$@" ;;
   bench)
-    build; ensure_envoy; ensure_rls
+    build; build_native; ensure_envoy; ensure_rls
     "$ROOT"/bench/ensure-tools.sh
     cargo run -q --release -p surgeguard-bench --bin bench -- "$@" ;;
   oci)

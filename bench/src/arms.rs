@@ -1,4 +1,4 @@
-//! The five arms and two route variants, as Envoy bootstraps.
+//! The six arms and two route variants, as Envoy bootstraps.
 //!
 //! Every arm is the same Envoy listener with the same route; only the HTTP filter in front of
 //! the router differs:
@@ -13,14 +13,16 @@
 //! - `surgeguard_fleet`: the same module and configuration with its global limit fleet-wide
 //!   ([`fleet_configuration`]): tokens leased from a real rate limit service (Redis and
 //!   `surgeguard-rls`, whose limit, [`fleet_limits_yaml`], is far above any load), so the arm
-//!   shows what leasing costs per request over the local limit.
+//!   shows what leasing costs per request over the local limit;
+//! - `surgeguard_native`: the surgeguard arm's configuration in the native build
+//!   (`dist/libsurgeguard_native.so`, an Envoy dynamic module over the same core).
 //!
 //! Variants: `direct_response` (Envoy answers itself: the filter's cost dominates, the worst
 //! case) and `upstream` (proxied to a local upstream, as in production).
 
 use serde_json::{json, Value};
 use std::path::Path;
-use surgeguard_harness::envoy::{bootstrap_yaml, json_string, upstream_cluster_yaml};
+use surgeguard_harness::envoy::{bootstrap_yaml, json_string, native_filter_yaml, upstream_cluster_yaml};
 use surgeguard_harness::rls::rls_cluster_yaml;
 
 /// The surgeguard arm's plugin configuration.
@@ -44,10 +46,17 @@ pub enum Arm {
     EmptyWasm,
     Surgeguard,
     SurgeguardFleet,
+    SurgeguardNative,
 }
 
-pub const ARMS: [Arm; 5] =
-    [Arm::NoFilter, Arm::NativeLocalRatelimit, Arm::EmptyWasm, Arm::Surgeguard, Arm::SurgeguardFleet];
+pub const ARMS: [Arm; 6] = [
+    Arm::NoFilter,
+    Arm::NativeLocalRatelimit,
+    Arm::EmptyWasm,
+    Arm::Surgeguard,
+    Arm::SurgeguardFleet,
+    Arm::SurgeguardNative,
+];
 
 impl Arm {
     /// The name in `results.json`.
@@ -58,6 +67,7 @@ impl Arm {
             Arm::EmptyWasm => "empty_wasm",
             Arm::Surgeguard => "surgeguard",
             Arm::SurgeguardFleet => "surgeguard_fleet",
+            Arm::SurgeguardNative => "surgeguard_native",
         }
     }
 
@@ -96,12 +106,19 @@ pub enum Filter<'a> {
         root_id: &'a str,
         configuration: Option<&'a str>,
     },
+    /// surgeguard's native build (an Envoy dynamic module) with its configuration.
+    Native {
+        module: &'a Path,
+        configuration: &'a str,
+    },
 }
 
 /// What the arms' filters are made of.
 pub struct FilterInputs<'a> {
     pub surgeguard: &'a Path,
     pub empty: &'a Path,
+    /// The native build's `.so`.
+    pub native: &'a Path,
     /// [`fleet_configuration`].
     pub fleet_configuration: &'a str,
 }
@@ -121,6 +138,7 @@ impl Arm {
             Arm::SurgeguardFleet => {
                 Filter::Wasm { module: surgeguard, root_id: "surgeguard", configuration: Some(m.fleet_configuration) }
             }
+            Arm::SurgeguardNative => Filter::Native { module: m.native, configuration: STOREFRONT_ADMIT_ALL },
         }
     }
 }
@@ -194,6 +212,7 @@ fn filter_yaml(f: &Filter) -> String {
 "#
             )
         }
+        Filter::Native { module, configuration } => native_filter_yaml(module, configuration),
         Filter::Wasm { module, root_id, configuration } => {
             let configuration = configuration.map_or(String::new(), |json| {
                 format!(
@@ -262,11 +281,26 @@ mod tests {
     #[test]
     fn every_arm_has_a_distinct_results_key() {
         let keys: Vec<_> = ARMS.iter().map(|a| a.key()).collect();
-        assert_eq!(keys, ["no_filter", "native_local_ratelimit", "empty_wasm", "surgeguard", "surgeguard_fleet"]);
+        assert_eq!(
+            keys,
+            [
+                "no_filter",
+                "native_local_ratelimit",
+                "empty_wasm",
+                "surgeguard",
+                "surgeguard_fleet",
+                "surgeguard_native"
+            ]
+        );
     }
 
     fn inputs(fleet_configuration: &str) -> FilterInputs<'_> {
-        FilterInputs { surgeguard: Path::new("/x/s.wasm"), empty: Path::new("/x/e.wasm"), fleet_configuration }
+        FilterInputs {
+            surgeguard: Path::new("/x/s.wasm"),
+            empty: Path::new("/x/e.wasm"),
+            native: Path::new("/x/libs.so"),
+            fleet_configuration,
+        }
     }
 
     #[test]
@@ -285,6 +319,15 @@ mod tests {
         let y = bootstrap(&Filter::NativeBucket { tokens_per_s: 500, burst: 1000 }, Variant::Upstream, ports, false);
         assert!(y.contains("token_bucket: { max_tokens: 1000, tokens_per_fill: 25, fill_interval: 0.050s }"));
         assert!(y.contains("port_value: 4242"));
+    }
+
+    #[test]
+    fn the_native_arm_loads_the_native_build_with_the_surgeguard_arms_configuration() {
+        let y = arm_bootstrap(Arm::SurgeguardNative, Variant::DirectResponse, &inputs(""), Ports::default());
+        assert!(y.contains("dynamic_modules.v3.DynamicModuleFilter"));
+        assert!(y.contains(r#"filename: "/x/libs.so""#) && y.contains("do_not_close: true"));
+        assert!(y.contains(r#"value: "{\n  \"mode\": \"enforce\""#));
+        assert!(!y.contains("wasm"));
     }
 
     #[test]

@@ -4,9 +4,9 @@
 pub const USAGE: &str = "\
 usage: ./build.sh bench [--rounds N] [--duration SECONDS] [--quick] [OPTIONS]
 
-Five arms (no_filter, native_local_ratelimit, empty_wasm, surgeguard, and surgeguard_fleet: its
-global limit leased from a Redis and surgeguard-rls started for the run), alternating in every
-round, on a direct_response route and on a route to an upstream. Writes dist/bench/results.json
+Six arms (no_filter, native_local_ratelimit, empty_wasm, surgeguard, surgeguard_fleet: its
+global limit leased from a Redis and surgeguard-rls started for the run, and surgeguard_native:
+the native build), alternating in every round, on a direct_response route and on a route to an upstream. Writes dist/bench/results.json
 and dist/bench/report.md.
 
   --rounds N              interleaved rounds (default 5; at least 1)

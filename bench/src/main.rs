@@ -4,7 +4,8 @@
 //! module size, Envoy start-up time and an accuracy run. Writes `dist/bench/results.json`
 //! (schema: the benchmark section of the contract) and `dist/bench/report.md`.
 //!
-//! Needs: `dist/surgeguard.wasm` (`./build.sh`), an Envoy (`ENVOY_BIN`, as `./build.sh`
+//! Needs: `dist/surgeguard.wasm` (`./build.sh`), `dist/libsurgeguard_native.so` (`./build.sh
+//! native`), an Envoy (`ENVOY_BIN`, as `./build.sh`
 //! provides), wrk, taskset and `.tools/bin/oha` (`bench/ensure-tools.sh`), and redis-server and
 //! surgeguard-rls (`REDIS_SERVER_BIN`, `SURGEGUARD_RLS_BIN`: `./build.sh bench` provides them). Every process it
 //! starts is stopped when it ends, on error and on Ctrl-C too.
@@ -64,10 +65,14 @@ fn say(s: &str) {
 }
 
 /// What the bench needs that it does not build itself.
-fn prerequisites(root: &Path) -> Result<(PathBuf, PathBuf), String> {
+fn prerequisites(root: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let surgeguard = surgeguard_harness::wasm_path();
     if !surgeguard.is_file() {
         return Err(format!("{} is missing: run ./build.sh first (./build.sh bench does)", surgeguard.display()));
+    }
+    let native = surgeguard_harness::native_path();
+    if !native.is_file() {
+        return Err(format!("{} is missing: run ./build.sh native first (./build.sh bench does)", native.display()));
     }
     let oha = find_oha(root).unwrap_or_default();
     for (tool, ok) in [("wrk", on_path("wrk")), ("taskset", on_path("taskset")), ("oha", oha.is_file())] {
@@ -75,7 +80,7 @@ fn prerequisites(root: &Path) -> Result<(PathBuf, PathBuf), String> {
             return Err(format!("{tool} is missing: run bench/ensure-tools.sh"));
         }
     }
-    Ok((surgeguard, oha))
+    Ok((surgeguard, native, oha))
 }
 
 /// oha where `bench/ensure-tools.sh` installs it (the machine's tool cache, as `./build.sh`
@@ -168,7 +173,7 @@ struct Setup {
 fn prepare(s: &cli::Settings) -> Result<Setup, String> {
     let root = surgeguard_harness::repo_root();
     let out_dir = root.join(&s.out_dir);
-    let (surgeguard, oha) = prerequisites(&root)?;
+    let (surgeguard, native, oha) = prerequisites(&root)?;
     let envoy_bin = machine::resolve_envoy(&surgeguard_harness::envoy::envoy_bin()?);
     // Before any thread exists: the harness reads ENVOY_BIN for every Envoy it starts.
     std::env::set_var("ENVOY_BIN", &envoy_bin);
@@ -195,8 +200,14 @@ fn prepare(s: &cli::Settings) -> Result<Setup, String> {
     let empty_module_bytes = file_size(&empty.module);
     say(&format!("modules: surgeguard {module_bytes} bytes, empty filter {empty_module_bytes} bytes"));
     let fleet_configuration = arms::fleet_configuration()?;
-    let modules =
-        run::Modules { surgeguard, empty: empty.module.clone(), oha, fleet_configuration, rate_limit_service_port: 0 };
+    let modules = run::Modules {
+        surgeguard,
+        empty: empty.module.clone(),
+        native,
+        oha,
+        fleet_configuration,
+        rate_limit_service_port: 0,
+    };
     Ok(Setup { out_dir, machine, load_average_before, modules, empty, probe, module_bytes, empty_module_bytes })
 }
 

@@ -66,7 +66,8 @@ fn header(r: &Results) -> String {
          Envoy CPU = user + system time of the Envoy process from /proc over the run / requests it served. \
          Every arm serves `GET /api/products/42` with a user-agent and an x-api-key; surgeguard runs the storefront configuration \
          (`bench/configs/storefront-admit-all.json`: the demo's `envoy/storefront.json` (3 classes, 4 rules, a global bucket, an in-flight limit) sized so everything is admitted); \
-         surgeguard_fleet runs the same with its global limit fleet-wide, leasing from a real rate limit service (Redis and surgeguard-rls, its limit far above the load).",
+         surgeguard_fleet runs the same with its global limit fleet-wide, leasing from a real rate limit service (Redis and surgeguard-rls, its limit far above the load); \
+         surgeguard_native runs the same configuration in the native build (`dist/libsurgeguard_native.so`, an Envoy dynamic module).",
         s.connections,
         json(&s.duration_s),
         json(&s.duration_s),
@@ -164,7 +165,33 @@ fn variant_table(title: &str, v: &VariantResults) -> String {
         n(v.latency_rate_rps, 0),
     );
     out += &fleet_sentence(v);
+    out += &native_sentence(v);
     out
+}
+
+/// The native build against the other arms.
+fn native_sentence(v: &VariantResults) -> String {
+    let (r, d) = (&v.ratios, &v.ratio_details);
+    let range = |x: &Option<RatioDetail>| {
+        let x = x.as_ref();
+        format!("[{}–{}]", n(x.and_then(|d| d.per_round_min), 3), n(x.and_then(|d| d.per_round_max), 3))
+    };
+    format!(
+        "surgeguard_native (the same configuration as an Envoy dynamic module): throughput vs no_filter **{}** {}, \
+         vs native local_ratelimit **{}** {}, vs empty_wasm {} {}, vs surgeguard (wasm) **{}** {}; \
+         Envoy CPU per request over no_filter **{} µs**, over native local_ratelimit {} µs, over surgeguard (wasm) {} µs.\n\n",
+        ratio(r.surgeguard_native_vs_no_filter),
+        range(&d.surgeguard_native_vs_no_filter),
+        ratio(r.surgeguard_native_vs_native),
+        range(&d.surgeguard_native_vs_native),
+        ratio(r.surgeguard_native_vs_empty_wasm),
+        range(&d.surgeguard_native_vs_empty_wasm),
+        ratio(r.surgeguard_native_vs_surgeguard),
+        range(&d.surgeguard_native_vs_surgeguard),
+        signed(v.cpu_us_over.surgeguard_native_vs_no_filter),
+        signed(v.cpu_us_over.surgeguard_native_vs_native),
+        signed(v.cpu_us_over.surgeguard_native_vs_surgeguard),
+    )
 }
 
 /// The fleet arm against the surgeguard arm, and its calls to the rate limit service.

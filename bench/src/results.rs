@@ -118,13 +118,18 @@ impl RatioFigure {
 }
 
 /// One figure for each pair of arms compared, under the names `results.json` uses: surgeguard
-/// against each other arm, and the fleet arm against surgeguard (what leasing costs).
+/// against each other arm, the fleet arm against surgeguard (what leasing costs), and the
+/// native build against no filter, native local_ratelimit, empty wasm and the wasm build.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparisons<T> {
     pub surgeguard_vs_empty_wasm: T,
     pub surgeguard_vs_native: T,
     pub surgeguard_vs_no_filter: T,
     pub surgeguard_fleet_vs_surgeguard: T,
+    pub surgeguard_native_vs_no_filter: T,
+    pub surgeguard_native_vs_native: T,
+    pub surgeguard_native_vs_empty_wasm: T,
+    pub surgeguard_native_vs_surgeguard: T,
 }
 
 impl<T> Comparisons<T> {
@@ -135,6 +140,10 @@ impl<T> Comparisons<T> {
             surgeguard_vs_native: figure(Arm::Surgeguard, Arm::NativeLocalRatelimit),
             surgeguard_vs_no_filter: figure(Arm::Surgeguard, Arm::NoFilter),
             surgeguard_fleet_vs_surgeguard: figure(Arm::SurgeguardFleet, Arm::Surgeguard),
+            surgeguard_native_vs_no_filter: figure(Arm::SurgeguardNative, Arm::NoFilter),
+            surgeguard_native_vs_native: figure(Arm::SurgeguardNative, Arm::NativeLocalRatelimit),
+            surgeguard_native_vs_empty_wasm: figure(Arm::SurgeguardNative, Arm::EmptyWasm),
+            surgeguard_native_vs_surgeguard: figure(Arm::SurgeguardNative, Arm::Surgeguard),
         }
     }
 
@@ -144,6 +153,10 @@ impl<T> Comparisons<T> {
             surgeguard_vs_native: f(&self.surgeguard_vs_native),
             surgeguard_vs_no_filter: f(&self.surgeguard_vs_no_filter),
             surgeguard_fleet_vs_surgeguard: f(&self.surgeguard_fleet_vs_surgeguard),
+            surgeguard_native_vs_no_filter: f(&self.surgeguard_native_vs_no_filter),
+            surgeguard_native_vs_native: f(&self.surgeguard_native_vs_native),
+            surgeguard_native_vs_empty_wasm: f(&self.surgeguard_native_vs_empty_wasm),
+            surgeguard_native_vs_surgeguard: f(&self.surgeguard_native_vs_surgeguard),
         }
     }
 }
@@ -191,6 +204,10 @@ pub struct FloorInputs {
     /// The fleet arm's CPU per request over the surgeguard arm (direct_response); `None` unless
     /// its limit was in fleet mode throughout.
     pub fleet_cpu_over_surgeguard_us: Option<f64>,
+    /// The native build's Envoy CPU per request over no filter (direct_response).
+    pub native_cpu_over_no_filter_us: Option<f64>,
+    /// The native build's throughput over native local_ratelimit's (direct_response).
+    pub native_ratio_vs_local_ratelimit: Option<f64>,
 }
 
 pub fn floors(i: &FloorInputs) -> Vec<Floor> {
@@ -222,6 +239,20 @@ pub fn floors(i: &FloorInputs) -> Vec<Floor> {
             i.fleet_cpu_over_surgeguard_us,
             "us",
             |v| v <= 1.0,
+        ),
+        floor(
+            "native build: Envoy CPU per request over no filter (direct_response)",
+            "<= +1.5 us",
+            i.native_cpu_over_no_filter_us,
+            "us",
+            |v| v <= 1.5,
+        ),
+        floor(
+            "native build: throughput vs native local_ratelimit (direct_response)",
+            ">= 0.95x",
+            i.native_ratio_vs_local_ratelimit,
+            "x",
+            |v| v >= 0.95,
         ),
     ]
 }
@@ -410,12 +441,20 @@ mod tests {
             accuracy_error_pct: Some(-1.2),
             startup_over_no_filter_ms: None,
             fleet_cpu_over_surgeguard_us: Some(1.2),
+            native_cpu_over_no_filter_us: Some(1.4),
+            native_ratio_vs_local_ratelimit: Some(0.94),
         });
         let met: Vec<_> = f.iter().map(|f| f.met).collect();
-        assert_eq!(met, vec![Some(false), Some(true), Some(true), None, Some(false), None, Some(false)]);
+        assert_eq!(
+            met,
+            vec![Some(false), Some(true), Some(true), None, Some(false), None, Some(false), Some(true), Some(false)]
+        );
         assert!(!f.iter().any(|f| f.name.contains("module size")), "a retired target");
-        let fleet = f.last().unwrap();
+        let fleet = &f[6];
         assert_eq!((fleet.target, fleet.value, fleet.unit), ("<= +1 us", Some(1.2), "us"));
+        let native = &f[7..];
+        assert_eq!((native[0].target, native[0].value), ("<= +1.5 us", Some(1.4)));
+        assert_eq!((native[1].target, native[1].value), (">= 0.95x", Some(0.94)));
     }
 
     #[test]

@@ -34,6 +34,8 @@ const OHA_CONNECTIONS: u32 = 16;
 pub struct Modules {
     pub surgeguard: PathBuf,
     pub empty: PathBuf,
+    /// The native build (`dist/libsurgeguard_native.so`).
+    pub native: PathBuf,
     pub oha: PathBuf,
     /// The fleet arm's plugin configuration (`arms::fleet_configuration`).
     pub fleet_configuration: String,
@@ -46,8 +48,12 @@ pub fn bench_options(concurrency: u32, cpu_list: &str) -> Options {
 }
 
 fn start(arm: Arm, variant: Variant, m: &Modules, upstream_port: u16, opts: &Options) -> Result<Envoy, String> {
-    let inputs =
-        FilterInputs { surgeguard: &m.surgeguard, empty: &m.empty, fleet_configuration: &m.fleet_configuration };
+    let inputs = FilterInputs {
+        surgeguard: &m.surgeguard,
+        empty: &m.empty,
+        native: &m.native,
+        fleet_configuration: &m.fleet_configuration,
+    };
     let ports = Ports { upstream: upstream_port, rate_limit_service: m.rate_limit_service_port };
     let yaml = arm_bootstrap(arm, variant, &inputs, ports);
     Envoy::start(&yaml, opts)

@@ -187,6 +187,10 @@ fn floor_inputs(
         fleet_cpu_over_surgeguard_us: direct
             .filter(|_| leasing)
             .and_then(|r| cpu_over(r, Arm::SurgeguardFleet, Arm::Surgeguard)),
+        native_cpu_over_no_filter_us: direct.and_then(|r| cpu_over(r, Arm::SurgeguardNative, Arm::NoFilter)),
+        native_ratio_vs_local_ratelimit: direct
+            .and_then(|r| RatioFigure::between(r, Arm::SurgeguardNative, Arm::NativeLocalRatelimit))
+            .map(|r| r.of_medians),
     }
 }
 

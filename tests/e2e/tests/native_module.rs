@@ -31,7 +31,11 @@ fn envoy_executable() -> PathBuf {
 fn dynamic_symbols(file: &Path, which: &str) -> BTreeSet<String> {
     let out = Command::new("nm").args(["-D", which]).arg(file).output().expect("nm (binutils) runs");
     assert!(out.status.success(), "nm {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().last()).map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .map(str::to_string)
+        .collect()
 }
 
 fn module() -> PathBuf {
@@ -110,7 +114,8 @@ fn the_module_loads_with_the_abi_version_of_the_pinned_envoy() {
     let upstream = surgeguard_harness::upstream::Upstream::start(std::time::Duration::ZERO).expect("upstream");
     let mut bootstrap = Bootstrap::new(upstream.port, Some("{}"));
     bootstrap.build = Build::Native;
-    let envoy = Envoy::start(&bootstrap.yaml(), &Options::default()).unwrap_or_else(|e| panic!("{}\n{}", e.message, e.log));
+    let envoy =
+        Envoy::start(&bootstrap.yaml(), &Options::default()).unwrap_or_else(|e| panic!("{}\n{}", e.message, e.log));
     let log = envoy.log();
     assert!(log.contains("Dynamic module ABI version v0.2.0 matched"), "{log}");
     assert!(log.contains("surgeguard: configuration accepted"), "{log}");

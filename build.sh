@@ -116,7 +116,9 @@ build_native() {
   say "building dist/libsurgeguard_native.so"
   cargo build -q --profile native -p surgeguard-native
   mkdir -p dist
-  cp target/native/libsurgeguard_native.so dist/libsurgeguard_native.so
+  # Replaced by rename, never rewritten in place: a running Envoy has the old file mapped.
+  cp target/native/libsurgeguard_native.so dist/.libsurgeguard_native.so.new
+  mv -f dist/.libsurgeguard_native.so.new dist/libsurgeguard_native.so
   say "dist/libsurgeguard_native.so: $(stat -c %s dist/libsurgeguard_native.so) bytes"
   export SURGEGUARD_NATIVE=$ROOT/dist/libsurgeguard_native.so
 }

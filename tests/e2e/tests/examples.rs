@@ -1,14 +1,15 @@
 //! Every example we ship is valid: each plugin configuration in `envoy/` (JSON files, Envoy and
-//! Istio YAML) and in the README passes the module's own parser, `envoy/minimal.yaml` runs in a
+//! Istio YAML, the native build's Envoy, Envoy Gateway and Istio examples) and in the README
+//! passes the module's own parser, `envoy/minimal.yaml` and `envoy/native/envoy.yaml` run in a
 //! real Envoy as shipped, and so does `envoy/fleet/envoy.yaml` against a real rate limit service
 //! given the shipped `envoy/fleet/limitador-limits.yaml`.
 
 use std::path::{Path, PathBuf};
 use surgeguard_e2e::client::{self, Req};
-use surgeguard_harness::envoy::{load_shipped, Envoy, Options};
+use surgeguard_harness::envoy::{json_string, load_shipped, Envoy, Localise, Options};
 use surgeguard_harness::fleet;
-use surgeguard_harness::repo_root;
 use surgeguard_harness::upstream::Upstream;
+use surgeguard_harness::{native_path, repo_root};
 
 fn files_under(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
@@ -21,20 +22,38 @@ fn files_under(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Plugin configurations embedded in a YAML value: Envoy Wasm filter `configuration`
-/// (StringValue or Struct) and Istio `WasmPlugin.spec.pluginConfig`.
+/// A protobuf `Any` holding the configuration: a StringValue's string, or a Struct as JSON.
+fn any_value(v: &serde_yaml::Value, out: &mut Vec<String>) {
+    match v.get("value") {
+        Some(serde_yaml::Value::String(s)) => out.push(s.clone()),
+        Some(other) => out.push(serde_json::to_string(other).unwrap()),
+        None => {}
+    }
+}
+
+/// Plugin configurations embedded in a YAML value: Envoy Wasm filter `configuration` and
+/// dynamic module `filter_config` (StringValue or Struct), Istio `WasmPlugin.spec.pluginConfig`
+/// and Envoy Gateway `EnvoyExtensionPolicy.spec.dynamicModule[].config`.
 fn embedded_configs(v: &serde_yaml::Value, out: &mut Vec<String>) {
     match v {
         serde_yaml::Value::Mapping(m) => {
+            let type_is = |suffix: &str| m.get("@type").and_then(|t| t.as_str()).is_some_and(|t| t.ends_with(suffix));
+            if type_is("filters.http.dynamic_modules.v3.DynamicModuleFilter") {
+                if let Some(cfg) = m.get("filter_config") {
+                    any_value(cfg, out);
+                }
+            }
+            if m.get("kind").and_then(|k| k.as_str()) == Some("EnvoyExtensionPolicy") {
+                let modules = m.get("spec").and_then(|s| s.get("dynamicModule")).and_then(|d| d.as_sequence());
+                for config in modules.into_iter().flatten().filter_map(|d| d.get("config")) {
+                    out.push(serde_json::to_string(config).unwrap());
+                }
+            }
             let is_wasm =
                 m.get("@type").and_then(|t| t.as_str()).is_some_and(|t| t.ends_with("filters.http.wasm.v3.Wasm"));
             if is_wasm {
                 if let Some(cfg) = m.get("config").and_then(|c| c.get("configuration")) {
-                    match cfg.get("value") {
-                        Some(serde_yaml::Value::String(s)) => out.push(s.clone()),
-                        Some(other) => out.push(serde_json::to_string(other).unwrap()),
-                        None => {}
-                    }
+                    any_value(cfg, out);
                 }
             }
             if m.get("kind").and_then(|k| k.as_str()) == Some("WasmPlugin") {
@@ -81,8 +100,11 @@ fn every_yaml_example_embeds_valid_plugin_configurations() {
             let v = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: not YAML: {e}", f.display()));
             embedded_configs(&v, &mut configs);
         }
-        let mentions_filter = text.contains("surgeguard.wasm") || text.contains("kind: WasmPlugin");
-        let inline = text.contains("configuration:") || text.contains("pluginConfig:");
+        let mentions_filter = text.contains("surgeguard.wasm")
+            || text.contains("kind: WasmPlugin")
+            || text.contains("libsurgeguard_native.so");
+        let inline =
+            ["configuration:", "pluginConfig:", "filter_config:", "dynamicModule:"].iter().any(|k| text.contains(k));
         if mentions_filter && inline {
             assert!(!configs.is_empty(), "{}: no plugin configuration found", f.display());
         }
@@ -116,6 +138,41 @@ fn the_minimal_envoy_config_runs_as_shipped_and_limits() {
     let limited = replies.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status == 429)).count();
     assert!(limited > 0 && (160..200).contains(&ok), "ok {ok} limited {limited}");
     assert_eq!(client::request(port, &Req::get("/checkout")).unwrap().status, 200);
+}
+
+#[test]
+fn every_native_example_embeds_its_configuration_and_loads_the_native_build() {
+    let dir = repo_root().join("envoy/native");
+    for (file, configs) in [("envoy.yaml", 1), ("envoy-gateway.yaml", 1), ("istio-envoyfilter.yaml", 1)] {
+        let path = dir.join(file);
+        assert_eq!(configs_in(&path).len(), configs, "{}", path.display());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("libsurgeguard_native.so"), "{file}");
+        assert!(text.contains("do_not_close: true") || text.contains("doNotClose: true"), "{file}: never unloaded");
+        assert!(text.contains("1.40"), "{file}: states the Envoy minor it is pinned to");
+    }
+}
+
+#[test]
+fn the_native_envoy_config_runs_as_shipped_and_limits() {
+    let upstream = Upstream::start(std::time::Duration::ZERO).unwrap();
+    let module = (
+        "filename: dist/libsurgeguard_native.so".to_string(),
+        format!("filename: {}", json_string(&native_path().display().to_string())),
+    );
+    let localise = Localise { upstream_port: Some(upstream.port), replacements: vec![module], ..Localise::default() };
+    let yaml = localise.load(&repo_root().join("envoy/native/envoy.yaml")).unwrap();
+    let envoy = Envoy::start(&yaml, &Options::default()).unwrap_or_else(|e| panic!("{}\n{}", e.message, e.log));
+    assert!(envoy.log().contains("Dynamic module ABI version v0.2.0 matched"), "{}", envoy.log());
+    let port = envoy.listener_port();
+    // As envoy/minimal.yaml: standard may take 160 of the 200 tokens at once; checkout the rest.
+    let replies = client::requests(port, &vec![Req::get("/products/1"); 200]);
+    let ok = replies.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status == 200)).count();
+    let limited = replies.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status == 429)).count();
+    assert!(limited > 0 && (160..200).contains(&ok), "ok {ok} limited {limited}");
+    assert_eq!(client::request(port, &Req::get("/checkout")).unwrap().status, 200);
+    let admitted = envoy.stats().get("dynamicmodulescustom.surgeguard.class.standard.admitted").copied();
+    assert_eq!(admitted, Some(ok as u64));
 }
 
 /// The plugin configurations embedded in a shipped YAML file.

@@ -243,8 +243,8 @@ fuzz_summary() {
 
 # The end-to-end test files whose features the native build has; the others test what only
 # the wasm build has (its module's exports, OCI, Istio's WasmPlugin, fleet and adaptive limits,
-# failure_policy, ECDS reloads of the wasm resource).
-NATIVE_E2E=(limits shedding keys)
+# failure_policy).
+NATIVE_E2E=(limits shedding keys reload)
 
 test_all() {
   build

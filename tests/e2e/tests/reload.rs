@@ -2,6 +2,8 @@
 //! module rewritten for this machine) in a real Envoy with 2 workers, and every update made the
 //! way an operator makes it, with `scripts/surgeguard-apply` (validate, render, rename).
 //! Bad updates bypass the helper's validation (SURGEGUARD_CHECK=true), as a hand edit would.
+//! With `SURGEGUARD_BUILD=native` the resource is the native build's
+//! (`envoy/native/surgeguard.template.yaml`), the rest as shipped.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -10,9 +12,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use surgeguard_harness::envoy::{Envoy, Localise, Options};
-use surgeguard_harness::repo_root;
+use surgeguard_harness::envoy::{json_string, Build, Envoy, Localise, Options};
 use surgeguard_harness::upstream::Upstream;
+use surgeguard_harness::{native_path, repo_root};
 
 /// An Envoy fed by ECDS from a watched directory of its own.
 struct Live {
@@ -23,11 +25,30 @@ struct Live {
     dir: tempfile::TempDir,
 }
 
-/// The shipped bootstrap pointed at this machine: free ports, `upstream_port`, `live_dir`.
+/// The shipped bootstrap pointed at this machine: free ports, `upstream_port`, `live_dir`
+/// (and, for the native build, the resource type it accepts).
 fn ecds_bootstrap(live_dir: &Path, upstream_port: u16) -> String {
-    Localise::ecds(upstream_port, live_dir)
-        .load(&repo_root().join("envoy/ecds/envoy.yaml"))
-        .unwrap_or_else(|e| panic!("envoy/ecds/envoy.yaml: {e}"))
+    let mut localise = Localise::ecds(upstream_port, live_dir);
+    if Build::from_env() == Build::Native {
+        localise.replacements.push((
+            "envoy.extensions.filters.http.wasm.v3.Wasm".into(),
+            "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter".into(),
+        ));
+    }
+    localise.load(&repo_root().join("envoy/ecds/envoy.yaml")).unwrap_or_else(|e| panic!("envoy/ecds/envoy.yaml: {e}"))
+}
+
+/// The shipped ECDS resource template of the build under test, with its module.
+fn template() -> String {
+    let (path, localise) = match Build::from_env() {
+        Build::Wasm => ("envoy/ecds/surgeguard.template.yaml", Localise::module()),
+        Build::Native => {
+            let so = format!("filename: {}", json_string(&native_path().display().to_string()));
+            let module = ("filename: dist/libsurgeguard_native.so".to_string(), so);
+            ("envoy/native/surgeguard.template.yaml", Localise { replacements: vec![module], ..Localise::default() })
+        }
+    };
+    localise.load(&repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 impl Live {
@@ -39,10 +60,7 @@ impl Live {
     fn start_with(initial_json: &str, upstream_delay: Duration, validate: bool) -> Live {
         let dir = tempfile::tempdir().expect("tempdir");
         // The shipped template, with the module under test.
-        let template = Localise::module()
-            .load(&repo_root().join("envoy/ecds/surgeguard.template.yaml"))
-            .unwrap_or_else(|e| panic!("envoy/ecds/surgeguard.template.yaml: {e}"));
-        std::fs::write(dir.path().join("template.yaml"), template).expect("write");
+        std::fs::write(dir.path().join("template.yaml"), template()).expect("write");
         std::fs::create_dir(dir.path().join("live")).expect("live dir");
         // Envoy reads the resource at start-up: it must exist first.
         let (ok, out) = apply(dir.path(), initial_json, validate, None);
@@ -200,7 +218,7 @@ fn bad_updates_are_refused_with_the_checkers_messages_and_the_good_config_keeps_
             let line = format!("surgeguard: configuration refused: {e}");
             assert!(log.contains(&line), "Envoy's log holds `{line}`:\n{log}");
         }
-        assert_eq!(live.counter("wasmcustom.surgeguard.config_rejected"), i as u64 + 1);
+        assert_eq!(live.envoy.metric("surgeguard.config_rejected"), i as u64 + 1);
         assert_eq!(live.counter("extension_config_discovery.http_filter.surgeguard.update_rejected"), i as u64 + 1);
 
         // The good configuration still enforces, on the same connection: its drained bucket.
@@ -282,7 +300,7 @@ fn requests_in_flight_stay_counted_across_a_reload() {
     }
     // Their ends were counted too (released under the new configuration): room again.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while live.counter("wasmcustom.surgeguard.in_flight") != 0 && Instant::now() < deadline {
+    while live.envoy.metric("surgeguard.in_flight") != 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(Conn::open(port).get("/fourth").expect("reply").status, 200);

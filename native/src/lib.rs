@@ -249,3 +249,17 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
     _: *const c_void,
 ) {
 }
+
+#[cfg(test)]
+mod tests {
+    use super::guard;
+
+    #[test]
+    fn a_panicking_hook_answers_its_fallback_instead_of_unwinding_into_envoy() {
+        std::panic::set_hook(Box::new(|_| {}));
+        let answered = guard(7, || -> i32 { panic!("a bug") });
+        let _ = std::panic::take_hook();
+        assert_eq!(answered, 7);
+        assert_eq!(guard(7, || 1), 1);
+    }
+}

@@ -118,3 +118,79 @@ impl SharedStore for ProcessStore {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use surgeguard::store::{read_u64, update, Change, Outcome};
+
+    fn put(store: &ProcessStore, key: &str) {
+        assert_eq!(store.compare_and_swap(key, b"x", None), Ok(true));
+    }
+
+    #[test]
+    fn a_write_against_a_stale_version_is_refused_and_every_write_changes_the_version() {
+        let store = ProcessStore { map: Mutex::new(None) };
+        assert_eq!(store.load("k"), Ok(None));
+        put(&store, "k");
+        let (_, v1) = store.load("k").unwrap().unwrap();
+        assert_eq!(store.compare_and_swap("k", b"y", Some(v1)), Ok(true));
+        let (value, v2) = store.load("k").unwrap().unwrap();
+        assert_eq!((value.as_slice(), v2 != v1), (&b"y"[..], true));
+        assert_eq!(store.compare_and_swap("k", b"z", Some(v1)), Ok(false), "v1 is stale");
+        assert_eq!(store.load("k").unwrap().unwrap().0, b"y");
+    }
+
+    #[test]
+    fn concurrent_increments_lose_nothing_and_count_nothing_twice() {
+        let store = ProcessStore { map: Mutex::new(None) };
+        let increment = |store: &ProcessStore| {
+            update(store, "n", |bytes| {
+                let n = bytes.and_then(|b| read_u64(&b, 0)).unwrap_or(0) + 1;
+                Change::Write(n.to_le_bytes(), n)
+            })
+        };
+        increment(&store);
+        // Tighter than any Envoy worker: an increment that stays contended past the retry
+        // bound writes nothing (the caller fails open); every one that settles counts once.
+        let settled: u64 = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..2_000).filter(|_| matches!(increment(&store), Outcome::Done { .. })).count()))
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap() as u64).sum()
+        });
+        assert!(settled > 4_000, "most settle: {settled}");
+        assert_eq!(read_u64(&store.load("n").unwrap().unwrap().0, 0), Some(1 + settled));
+    }
+
+    #[test]
+    fn a_namespace_keeps_its_keys_while_a_configuration_holds_it_and_loses_them_with_the_last() {
+        let old = STORE.hold("surgeguard/t1", vec!["surgeguard/t1/slots/a/".into()]);
+        put(&STORE, "surgeguard/t1/record");
+        put(&STORE, "surgeguard/t1/slots/a/7");
+        put(&STORE, "surgeguard/t1x/record");
+        // A reload: the new configuration comes first, the old one goes after.
+        let new = STORE.hold("surgeguard/t1", vec!["surgeguard/t1/slots/a/".into()]);
+        drop(old);
+        assert!(STORE.load("surgeguard/t1/record").unwrap().is_some(), "the record carries over");
+        assert!(STORE.load("surgeguard/t1/slots/a/7").unwrap().is_some(), "so does an unchanged limit's slot");
+        drop(new);
+        assert_eq!(STORE.load("surgeguard/t1/record"), Ok(None));
+        assert_eq!(STORE.load("surgeguard/t1/slots/a/7"), Ok(None));
+        assert!(STORE.load("surgeguard/t1x/record").unwrap().is_some(), "another namespace is untouched");
+    }
+
+    #[test]
+    fn the_slots_of_a_limit_no_configuration_has_are_dropped() {
+        let old = STORE.hold("surgeguard/t2", vec!["surgeguard/t2/slots/a/".into()]);
+        put(&STORE, "surgeguard/t2/slots/a/1");
+        // The limit changed (a new state id): both configurations in force, both kept.
+        let new = STORE.hold("surgeguard/t2", vec!["surgeguard/t2/slots/b/".into()]);
+        put(&STORE, "surgeguard/t2/slots/b/1");
+        assert!(STORE.load("surgeguard/t2/slots/a/1").unwrap().is_some(), "the old one still serves");
+        drop(old);
+        assert_eq!(STORE.load("surgeguard/t2/slots/a/1"), Ok(None), "no configuration has limit a");
+        assert!(STORE.load("surgeguard/t2/slots/b/1").unwrap().is_some());
+        drop(new);
+    }
+}

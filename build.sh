@@ -242,9 +242,9 @@ fuzz_summary() {
 }
 
 # The end-to-end test files whose features the native build has; the others test what only
-# the wasm build has (its module's exports, OCI, Istio's WasmPlugin, fleet and adaptive limits,
+# the wasm build has (its module's exports, OCI, Istio's WasmPlugin, fleet limits,
 # failure_policy).
-NATIVE_E2E=(limits shedding keys reload)
+NATIVE_E2E=(limits shedding keys reload adaptive)
 
 test_all() {
   build

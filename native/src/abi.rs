@@ -69,6 +69,8 @@ pub const LOG_CRITICAL: i32 = 5;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 pub const METRICS_SUCCESS: i32 = 0;
 
+/// `envoy_dynamic_module_type_attribute_id_ResponseCode`: `response.code`.
+pub const ATTRIBUTE_RESPONSE_CODE: i32 = 15;
 /// `envoy_dynamic_module_type_attribute_id_SourceAddress`: `source.address`, `ip:port`.
 pub const ATTRIBUTE_SOURCE_ADDRESS: i32 = 24;
 
@@ -128,6 +130,12 @@ extern "C" {
         filter: FilterEnvoyPtr,
         attribute_id: i32,
         result: *mut EnvoyBuffer,
+    ) -> bool;
+
+    pub fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
+        filter: FilterEnvoyPtr,
+        attribute_id: i32,
+        result: *mut u64,
     ) -> bool;
 
     pub fn envoy_dynamic_module_callback_http_send_response(

@@ -1,17 +1,20 @@
 //! One filter configuration: compiled from the JSON Envoy passes to
 //! `on_http_filter_config_new` (refused whole, each problem logged as the wasm build and
 //! `surgeguard-check` report it), with its metrics, its hold on the store, and, with an
-//! in-flight limit, the heartbeat that keeps the process's in-flight entry alive.
+//! in-flight limit, the tick that keeps the process's in-flight entry alive and runs the
+//! adaptive limit's control windows.
 //!
-//! Fleet limits and the adaptive limit are refused for now, naming the field: both need a
-//! periodic tick on every worker and calls to a service, which the wasm build has and this one
-//! does not have yet.
+//! Fleet limits are refused for now, naming the field (`limits[i].fleet`): their lease calls
+//! are gRPC, which the ABI's HTTP callouts do not carry yet.
 //!
 //! The process is one instance of the in-flight table (`record`): every worker shares this
 //! memory, and a crash takes all of them, so no entry can outlive its streams. The heartbeat
 //! still runs (the record drops an entry not refreshed for `record::LEASE_NS`, e.g. while a
-//! few long requests are all that is in flight) on a thread of its own that touches only the
-//! store; it stops when the configuration goes.
+//! few long requests are all that is in flight). The tick runs on a thread of its own: it
+//! touches the store, and Envoy only through its thread-safe metric and log callbacks; it stops
+//! when the configuration goes. With an adaptive limit, every worker adds its samples to one
+//! window in this process's memory, which the tick hands to the core's shared window as the
+//! wasm build's workers do theirs.
 
 use crate::envoy::{log, now_ns, ConfigPtr};
 use crate::metrics::Metrics;
@@ -21,6 +24,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use surgeguard::adaptive::WindowStats;
 use surgeguard::config::{ConfigError, Policy};
 use surgeguard::decision::Admission;
 use surgeguard::instance::{agree_on_seed, allocate_instance_id};
@@ -34,13 +38,15 @@ pub struct Serving {
     pub instance: u32,
     /// Releases the store refused when their streams ended; the heartbeat applies them.
     pub late_releases: AtomicU64,
+    /// With an adaptive limit: the samples of every worker since the last tick.
+    pub window: Option<Mutex<WindowStats>>,
 }
 
 /// A configuration in force. Dropped fields in order: the heartbeat stops before the store
 /// lets go of the namespace.
 pub struct FilterConfig {
     pub serving: Arc<Serving>,
-    _heartbeat: Option<Heartbeat>,
+    _ticker: Option<Ticker>,
     _registered: Registered,
     _lease: Lease,
 }
@@ -55,17 +61,13 @@ fn process_instance() -> u32 {
 fn unsupported(policy: &Policy) -> Vec<ConfigError> {
     let not_yet =
         |path: String| ConfigError { path, message: "not supported by the native build yet".into(), got: None };
-    let mut errors: Vec<ConfigError> = policy
+    policy
         .limits
         .iter()
         .enumerate()
         .filter(|(_, l)| l.fleet.is_some())
         .map(|(i, _)| not_yet(format!("limits[{i}].fleet")))
-        .collect();
-    if policy.concurrency.as_ref().is_some_and(|c| c.adaptive.is_some()) {
-        errors.push(not_yet("concurrency.adaptive".into()));
-    }
-    errors
+        .collect()
 }
 
 impl FilterConfig {
@@ -97,7 +99,11 @@ impl FilterConfig {
         let lease = STORE.hold(&namespace, admission.slot_prefixes().to_vec());
         // Failing here is not fatal: a decision that finds no record still works.
         let _ = admission.create_record(&STORE);
-        let metrics = Metrics::define(envoy, &admission.policy);
+        let _ = admission.create_window(configured_at_ns, &STORE);
+        let adaptive_start = admission
+            .adaptive()
+            .map(|a| (admission.adaptive_limit(&STORE).unwrap_or(a.params.ceiling), a.params.floor));
+        let metrics = Metrics::define(envoy, &admission.policy, adaptive_start);
         let policy = &admission.policy;
         log(
             crate::abi::LOG_INFO,
@@ -111,10 +117,15 @@ impl FilterConfig {
             ),
         );
         let with_in_flight = policy.concurrency.is_some();
-        let serving = Arc::new(Serving { admission, metrics, instance, late_releases: AtomicU64::new(0) });
-        let heartbeat = with_in_flight.then(|| Heartbeat::start(Arc::clone(&serving)));
+        // The tick: every heartbeat period, and twice a control window with an adaptive limit.
+        let tick_ms = admission
+            .adaptive()
+            .map_or(HEARTBEAT_PERIOD_MS, |a| HEARTBEAT_PERIOD_MS.min((a.params.window_ms / 2).max(MIN_TICK_MS)));
+        let window = admission.adaptive().map(|_| Mutex::new(WindowStats::with_classes(policy.classes.len())));
+        let serving = Arc::new(Serving { admission, metrics, instance, late_releases: AtomicU64::new(0), window });
+        let ticker = with_in_flight.then(|| Ticker::start(Arc::clone(&serving), tick_ms));
         let registered = Registered::new(name, Arc::clone(&serving));
-        Some(FilterConfig { serving, _heartbeat: heartbeat, _registered: registered, _lease: lease })
+        Some(FilterConfig { serving, _ticker: ticker, _registered: registered, _lease: lease })
     }
 }
 
@@ -125,6 +136,34 @@ impl Serving {
             Some(total) => self.metrics.set_in_flight(total),
             None => {
                 self.late_releases.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hands the workers' samples to the shared window; runs the controller if this tick took
+    /// the window. Samples the store refused stay for the next tick.
+    fn control_tick(&self, now: u64) {
+        let Some(window) = &self.window else { return };
+        let classes = self.admission.policy.classes.len();
+        let local = std::mem::replace(&mut *lock(window), WindowStats::with_classes(classes));
+        match self.admission.merge_window(&local, now, &STORE) {
+            Err(_) => lock(window).merge(&local),
+            Ok(None) => {}
+            Ok(Some(taken)) => {
+                let Some(run) = self.admission.run_window(&taken, now, &STORE) else { return };
+                let change = run.change;
+                self.metrics.record_window(change.from, change.to, run.baseline_us);
+                if let Some((logged, to)) = run.log {
+                    log(
+                        crate::abi::LOG_WARN,
+                        &format!(
+                            "surgeguard: adaptive in-flight limit {to} (was {logged} at the last report; {:?}{}; baseline {} us)",
+                            change.cause,
+                            if change.baseline_raised { ", baselines raised: the upstream itself slowed" } else { "" },
+                            run.baseline_us.map_or("unknown".to_string(), |b| (b as u64).to_string()),
+                        ),
+                    );
+                }
             }
         }
     }
@@ -140,36 +179,51 @@ impl Serving {
     }
 }
 
-/// The heartbeat thread; stopped and joined on drop.
-struct Heartbeat {
+/// The shortest tick (as the wasm build's).
+const MIN_TICK_MS: u64 = 20;
+
+/// A mutex's value; a poisoned one (a panic while held, contained) is taken over.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The tick thread; stopped and joined on drop.
+struct Ticker {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Heartbeat {
-    fn start(serving: Arc<Serving>) -> Heartbeat {
+impl Ticker {
+    fn start(serving: Arc<Serving>, tick_ms: u64) -> Ticker {
         let (stop, stopped) = mpsc::channel::<()>();
-        let period = Duration::from_millis(HEARTBEAT_PERIOD_MS);
+        let period = Duration::from_millis(tick_ms);
+        let ticks_per_heartbeat = (HEARTBEAT_PERIOD_MS / tick_ms.max(1)).max(1);
         let thread = std::thread::Builder::new()
-            .name("surgeguard-hb".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(period) {
-                    Err(RecvTimeoutError::Timeout) => {
-                        // A panic here would end the heartbeat, not Envoy; keep beating.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serving.heartbeat()));
+            .name("surgeguard-tick".into())
+            .spawn(move || {
+                for tick in 1u64.. {
+                    match stopped.recv_timeout(period) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    // A panic here would end the tick, not Envoy; keep ticking.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        serving.control_tick(now_ns());
+                        if tick % ticks_per_heartbeat == 0 {
+                            serving.heartbeat();
+                        }
+                    }));
                 }
             })
             .ok();
         if thread.is_none() {
-            log(crate::abi::LOG_WARN, "surgeguard: no heartbeat thread: in-flight entries refresh only on requests");
+            log(crate::abi::LOG_WARN, "surgeguard: no tick thread: in-flight entries refresh only on requests");
         }
-        Heartbeat { stop: Some(stop), thread }
+        Ticker { stop: Some(stop), thread }
     }
 }
 
-impl Drop for Heartbeat {
+impl Drop for Ticker {
     fn drop(&mut self) {
         // Dropping the sender wakes the thread at once.
         self.stop.take();
@@ -191,14 +245,14 @@ struct Registered {
 impl Registered {
     fn new(name: &str, serving: Arc<Serving>) -> Registered {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        IN_FORCE.lock().unwrap_or_else(PoisonError::into_inner).push((id, name.to_string(), serving));
+        lock(&IN_FORCE).push((id, name.to_string(), serving));
         Registered { id }
     }
 
     /// Counts a refused configuration for `name` on the newest one in force, if any (with a
     /// static bootstrap there is none: Envoy does not start).
     fn rejected(name: &str) {
-        let in_force = IN_FORCE.lock().unwrap_or_else(PoisonError::into_inner);
+        let in_force = lock(&IN_FORCE);
         if let Some((_, _, serving)) = in_force.iter().rev().find(|(_, n, _)| n == name) {
             serving.metrics.config_rejected();
         }
@@ -207,6 +261,6 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        IN_FORCE.lock().unwrap_or_else(PoisonError::into_inner).retain(|(id, _, _)| *id != self.id);
+        lock(&IN_FORCE).retain(|(id, _, _)| *id != self.id);
     }
 }

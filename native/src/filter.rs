@@ -1,28 +1,56 @@
 //! One request: read what the policy needs, decide, count, then continue or reply; the same
 //! steps as the wasm build's `host/http.rs`, over the same core. The in-flight slot is released
 //! exactly once, when Envoy destroys the stream's filter (after every other hook, however the
-//! stream ended).
+//! stream ended). With an adaptive limit, the stream's completion is also its sample: latency
+//! (from the admission's clock read) or an upstream error, added to the process's window.
 
 use crate::abi;
-use crate::config::Serving;
+use crate::config::{lock, Serving};
 use crate::envoy::now_ns;
 use crate::store::STORE;
 use std::cell::OnceCell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use surgeguard::adaptive::WindowStats;
 use surgeguard::classify::{address_without_port, strip_query, RequestView};
 use surgeguard::config::{Mode, Policy};
 use surgeguard::decision::{Decision, Verdict};
+use surgeguard::ids::ClassId;
 use surgeguard::metrics::for_each_counter;
 use surgeguard::response::refusal;
 
 pub struct StreamFilter {
     serving: Arc<Serving>,
     holds_in_flight_slot: bool,
+    /// Adaptive limit only: the class and admission time of a request sent upstream.
+    sample: Option<(ClassId, u64)>,
 }
 
 impl StreamFilter {
     pub fn new(serving: Arc<Serving>) -> StreamFilter {
-        StreamFilter { serving, holds_in_flight_slot: false }
+        StreamFilter { serving, holds_in_flight_slot: false, sample: None }
+    }
+
+    /// `on_http_filter_stream_complete`: the sample, if the request went upstream. Latency if
+    /// the upstream answered below 500, an upstream error if it answered 5xx or Envoy's router
+    /// did for it (504 timeout, 503 reset); no response (the client went away first): nothing.
+    pub fn on_stream_complete(&mut self, envoy: abi::FilterEnvoyPtr) {
+        let (Some((class, admitted_ns)), Some(window)) = (self.sample.take(), &self.serving.window) else { return };
+        let mut code = 0u64;
+        // SAFETY: `envoy` is this stream's filter during its hook; `code` is writable.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(
+                envoy,
+                abi::ATTRIBUTE_RESPONSE_CODE,
+                &mut code,
+            )
+        };
+        let latency_us = now_ns().saturating_sub(admitted_ns) / 1_000;
+        let mut w = lock(window);
+        match (found, code) {
+            (false, _) | (true, 0) => {}
+            (true, 500..) => w.errors += 1,
+            (true, _) => w.record_completed(class, latency_us),
+        }
     }
 
     /// `on_http_filter_request_headers`: `abi::CONTINUE` or, after a refusal was sent,
@@ -31,13 +59,20 @@ impl StreamFilter {
         let s = &*self.serving;
         let policy = &s.admission.policy;
         let req = HostRequest::new(envoy, &policy.header_names);
-        let decision = s.admission.decide(&req, now_ns(), s.instance, &STORE);
+        let now = now_ns();
+        let decision = s.admission.decide(&req, now, s.instance, &STORE);
         for_each_counter(policy, &decision, |i| s.metrics.bump(i));
         if let Verdict::Admitted { in_flight: Some(total) } = decision.verdict {
             self.holds_in_flight_slot = true;
             s.metrics.set_in_flight(total);
         }
-        if policy.mode == Mode::Shadow {
+        let shadow = policy.mode == Mode::Shadow;
+        if let Some(window) = &s.window {
+            if observe(window, &decision, shadow) {
+                self.sample = Some((decision.class, now));
+            }
+        }
+        if shadow {
             return abi::CONTINUE;
         }
         match decision.verdict {
@@ -53,6 +88,25 @@ impl Drop for StreamFilter {
         if std::mem::take(&mut self.holds_in_flight_slot) {
             self.serving.release_in_flight_slot();
         }
+    }
+}
+
+/// Adaptive limit: what the decision tells the controller (the in flight an admission saw; a
+/// shed, as demand), and whether the request goes upstream (its end is then a sample). In
+/// shadow mode a would-be refusal goes upstream too.
+#[inline(never)]
+fn observe(window: &Mutex<WindowStats>, decision: &Decision, shadow: bool) -> bool {
+    match decision.verdict {
+        Verdict::Admitted { in_flight } => {
+            lock(window).record_admitted(in_flight.unwrap_or(0));
+            true
+        }
+        Verdict::FailedOpen => true,
+        Verdict::Shed { .. } => {
+            lock(window).refused += 1;
+            shadow
+        }
+        Verdict::RateLimited { .. } => shadow,
     }
 }
 

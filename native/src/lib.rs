@@ -129,6 +129,21 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *co
     })
 }
 
+/// # Safety
+/// Called by Envoy only, with the pointers the ABI promises.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    filter_envoy: FilterEnvoyPtr,
+    filter: *const c_void,
+) {
+    guard((), || {
+        // SAFETY: `filter` is ours and alive until `..._filter_destroy`, which comes after.
+        if let Some(f) = unsafe { borrow::<StreamFilter>(filter) } {
+            f.on_stream_complete(filter_envoy);
+        }
+    })
+}
+
 // The hooks Envoy requires but surgeguard has nothing to do in: continue.
 
 #[no_mangle]
@@ -167,9 +182,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_: FilterEnvoyPtr, _: *const c_void) -> i32 {
     abi::CONTINUE
 }
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(_: FilterEnvoyPtr, _: *const c_void) {}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_: FilterEnvoyPtr, _: *const c_void, _: u64) {}

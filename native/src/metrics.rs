@@ -13,6 +13,15 @@ pub struct Metrics {
     counters: Vec<Option<usize>>,
     in_flight: Option<usize>,
     config_rejected: Option<usize>,
+    adaptive: Option<AdaptiveMetrics>,
+}
+
+/// The adaptive limit's metrics, written by the tick that runs a control window.
+struct AdaptiveMetrics {
+    limit: Option<usize>,
+    baseline_us: Option<usize>,
+    decreases: Option<usize>,
+    increases: Option<usize>,
 }
 
 fn define(config: ConfigPtr, name: &str, gauge: bool) -> Option<usize> {
@@ -43,21 +52,56 @@ fn define(config: ConfigPtr, name: &str, gauge: bool) -> Option<usize> {
 
 impl Metrics {
     /// Defines every metric of `policy` (call from `on_http_filter_config_new` only).
-    pub fn define(config: ConfigPtr, policy: &Policy) -> Metrics {
-        let counters = surgeguard::metrics::counter_names(policy).iter().map(|n| define(config, n, false)).collect();
+    /// `adaptive`: L before the first control window and the floor, with an adaptive limit.
+    pub fn define(config: ConfigPtr, policy: &Policy, adaptive: Option<(u32, u32)>) -> Metrics {
+        use surgeguard::metrics as m;
+        let counters = m::counter_names(policy).iter().map(|n| define(config, n, false)).collect();
         let max_in_flight = policy.concurrency.as_ref().map(|c| c.max_in_flight);
         let metrics = Metrics {
             config,
             counters,
-            in_flight: max_in_flight.and_then(|_| define(config, surgeguard::metrics::IN_FLIGHT_GAUGE, true)),
-            config_rejected: define(config, surgeguard::metrics::CONFIG_REJECTED, false),
+            in_flight: max_in_flight.and_then(|_| define(config, m::IN_FLIGHT_GAUGE, true)),
+            config_rejected: define(config, m::CONFIG_REJECTED, false),
+            adaptive: adaptive.map(|_| AdaptiveMetrics {
+                limit: define(config, m::ADAPTIVE_LIMIT_GAUGE, true),
+                baseline_us: define(config, m::ADAPTIVE_BASELINE_GAUGE, true),
+                decreases: define(config, m::ADAPTIVE_DECREASES, false),
+                increases: define(config, m::ADAPTIVE_INCREASES, false),
+            }),
         };
         if let Some(max) = max_in_flight {
-            if let Some(id) = define(config, surgeguard::metrics::MAX_IN_FLIGHT_GAUGE, true) {
+            if let Some(id) = define(config, m::MAX_IN_FLIGHT_GAUGE, true) {
                 metrics.set_gauge(id, u64::from(max));
             }
         }
+        if let Some((start, floor)) = adaptive {
+            if let Some(id) = define(config, m::ADAPTIVE_FLOOR_GAUGE, true) {
+                metrics.set_gauge(id, u64::from(floor));
+            }
+            if let Some(id) = metrics.adaptive.as_ref().and_then(|a| a.limit) {
+                metrics.set_gauge(id, u64::from(start));
+            }
+        }
         metrics
+    }
+
+    /// A control window's outcome: L, the baselines, and whether L went down or up.
+    pub fn record_window(&self, from: u32, to: u32, baseline_us: Option<f64>) {
+        let Some(a) = &self.adaptive else { return };
+        if let Some(id) = a.limit {
+            self.set_gauge(id, u64::from(to));
+        }
+        if let (Some(id), Some(b)) = (a.baseline_us, baseline_us) {
+            self.set_gauge(id, b as u64);
+        }
+        let counter = match to.cmp(&from) {
+            std::cmp::Ordering::Less => a.decreases,
+            std::cmp::Ordering::Greater => a.increases,
+            std::cmp::Ordering::Equal => None,
+        };
+        if let Some(id) = counter {
+            self.add(id, 1);
+        }
     }
 
     fn add(&self, id: usize, n: u64) {

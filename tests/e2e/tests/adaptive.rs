@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use surgeguard_e2e::client::{open_loop, Load, Req};
 use surgeguard_harness::database::Database;
-use surgeguard_harness::envoy::{Bootstrap, Envoy, Options};
+use surgeguard_harness::envoy::{Bootstrap, Envoy, Options, METRIC_PREFIXES};
 use surgeguard_harness::outcome::Outcome;
 
 /// The database's connections: the knee.
@@ -115,9 +115,10 @@ fn the_limit_finds_the_knee_falls_when_the_database_slows_and_climbs_back() {
                 let limit = surgeguard_harness::client::request(admin, &Req::get("/stats?filter=adaptive.limit"))
                     .ok()
                     .and_then(|r| {
-                        surgeguard_harness::stats::parse(&String::from_utf8_lossy(&r.body))
-                            .get("wasmcustom.surgeguard.adaptive.limit")
-                            .copied()
+                        let stats = surgeguard_harness::stats::parse(&String::from_utf8_lossy(&r.body));
+                        METRIC_PREFIXES
+                            .iter()
+                            .find_map(|p| stats.get(&format!("{p}surgeguard.adaptive.limit")).copied())
                     })
                     .unwrap_or(0);
                 let sample = Sample { limit, db_peak: stats.take_peak_in_flight() };

@@ -1,6 +1,6 @@
 //! The native build (`dist/libsurgeguard_native.so`, an Envoy dynamic module) against the
 //! pinned Envoy: what it imports Envoy exports, what Envoy looks up it exports, and what it
-//! cannot serve yet it refuses by name. Its behaviour is the wasm build's: the local-feature
+//! cannot serve yet (fleet limits) it refuses by name. Its behaviour is the wasm build's: the local-feature
 //! test files run again with `SURGEGUARD_BUILD=native` (`./build.sh test`).
 
 use std::collections::BTreeSet;
@@ -89,23 +89,19 @@ fn the_module_exports_every_hook_envoy_looks_up_for_an_http_filter() {
 }
 
 #[test]
-fn fleet_and_adaptive_limits_are_refused_by_name_until_the_native_build_has_them() {
+fn fleet_limits_are_refused_by_name_until_the_native_build_has_them() {
     let config = r#"{"limits": [{"name": "local", "tokens_per_second": 10, "burst": 10},
         {"name": "shared", "tokens_per_second": 10, "burst": 10,
-         "fleet": {"cluster": "ratelimit", "domain": "d", "local_share": 0.5, "timeout_ms": 50}}],
-        "concurrency": {"max_in_flight": 10, "adaptive": {}}}"#;
+         "fleet": {"cluster": "ratelimit", "domain": "d", "local_share": 0.5, "timeout_ms": 50}}]}"#;
     let mut bootstrap = Bootstrap::new(1, Some(config));
     bootstrap.build = Build::Native;
     let err = match Envoy::start(&bootstrap.yaml(), &Options::default()) {
         Ok(_) => panic!("Envoy started with a configuration the native build cannot serve"),
         Err(e) => e,
     };
-    for line in [
-        "limits[1].fleet: not supported by the native build yet",
-        "concurrency.adaptive: not supported by the native build yet",
-    ] {
-        assert!(err.log.contains(line), "log lacks `{line}`:\n{}", err.log);
-    }
+    let line = "limits[1].fleet: not supported by the native build yet";
+    assert!(err.log.contains(line), "log lacks `{line}`:\n{}", err.log);
+    assert!(!err.log.contains("limits[0]"), "only the fleet limit is named:\n{}", err.log);
     assert!(!err.log.contains("panic"), "{}", err.log);
 }
 

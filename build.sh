@@ -241,10 +241,10 @@ fuzz_summary() {
   ' "$1"
 }
 
-# The end-to-end test files whose features the native build has; the others test what only
-# the wasm build has (its module's exports, OCI, Istio's WasmPlugin, fleet limits,
-# failure_policy).
-NATIVE_E2E=(limits shedding keys reload adaptive)
+# The end-to-end test files of surgeguard's features, run against the native build too; the
+# others test what only the wasm build has (its module's exports, OCI, Istio's WasmPlugin,
+# failure_policy) or the tooling around both.
+NATIVE_E2E=(limits shedding keys reload adaptive fleet)
 
 test_all() {
   build

@@ -533,6 +533,17 @@ pub fn load_shipped(path: &Path, upstream_port: u16) -> Result<String, String> {
     Localise::local(upstream_port).load(path)
 }
 
+/// `yaml` (a shipped config with the wasm filter between [`FILTER_BEGIN`] and [`FILTER_END`])
+/// with the native build's filter configured by `json` in its place, so a shipped wasm example
+/// runs against the native build ([`Build::Native`]).
+pub fn with_native_filter(yaml: &str, module: &Path, json: &str) -> Result<String, String> {
+    let without = without_filter(yaml)?;
+    let begin = yaml.lines().position(|l| l.trim() == FILTER_BEGIN).unwrap_or(0);
+    let mut lines: Vec<String> = without.lines().map(str::to_string).collect();
+    lines.insert(begin, native_filter_yaml(module, json).trim_end().to_string());
+    Ok(lines.join("\n") + "\n")
+}
+
 /// `yaml` without the lines from [`FILTER_BEGIN`] to [`FILTER_END`] (inclusive); an error unless
 /// both are there, in that order.
 pub fn without_filter(yaml: &str) -> Result<String, String> {

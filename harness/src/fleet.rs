@@ -7,7 +7,7 @@
 //! leases as a window ends) but are not aligned to the wall clock: a test learns where they are
 //! from `duration_until_reset`, asking more hits than the limit holds, which counts nothing.
 
-use crate::envoy::{json_string, Envoy, Localise, Options};
+use crate::envoy::{json_string, with_native_filter, Build, Envoy, Localise, Options};
 use crate::rls::{self, Counters, RateLimitService, Redis};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,8 +34,9 @@ fn indented(text: &str, by: usize) -> String {
 }
 
 /// `envoy/fleet/envoy.yaml` on this machine: free listener and admin ports, the upstream at
-/// `upstream_port`, the rate limit service at `rls_port` (shipped: 8081), the module under test,
-/// and `plugin_json` (`None`: the shipped envoy/fleet/storefront.json) as its configuration.
+/// `upstream_port`, the rate limit service at `rls_port` (shipped: 8081), the module under test
+/// (the native build's filter in the wasm filter's place with `SURGEGUARD_BUILD=native`), and
+/// `plugin_json` (`None`: the shipped envoy/fleet/storefront.json) as its configuration.
 pub fn bootstrap(upstream_port: u16, rls_port: u16, plugin_json: Option<&str>) -> Result<String, String> {
     let mut localise = Localise::local(upstream_port);
     localise.replacements.push(("port_value: 8081".into(), format!("port_value: {rls_port}")));
@@ -46,7 +47,15 @@ pub fn bootstrap(upstream_port: u16, rls_port: u16, plugin_json: Option<&str>) -
         let one_line = json.lines().map(str::trim).collect::<Vec<_>>().join(" ");
         localise.replacements.push((indented(shipped.trim_end(), CONFIG_INDENT), indented(&one_line, CONFIG_INDENT)));
     }
-    localise.load(&shipped_bootstrap())
+    let yaml = localise.load(&shipped_bootstrap())?;
+    if Build::from_env() == Build::Wasm {
+        return Ok(yaml);
+    }
+    let json = match plugin_json {
+        Some(json) => json.to_string(),
+        None => std::fs::read_to_string(shipped_plugin_config()).map_err(|e| e.to_string())?,
+    };
+    with_native_filter(&yaml, &crate::native_path(), &json)
 }
 
 /// One Envoy of the fleet (see [`bootstrap`]) with `workers` workers.

@@ -5,6 +5,7 @@
 //!
 //! C enums are passed as `i32` (their C type on the platforms Envoy supports).
 
+use std::ffi::c_void;
 use std::os::raw::c_char;
 
 /// The ABI version this module was written against; Envoy logs "matched" when it is its own.
@@ -57,6 +58,21 @@ pub struct ModuleHttpHeader {
     pub value_length: usize,
 }
 
+/// `envoy_dynamic_module_type_envoy_http_header`: a header owned by Envoy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyHttpHeader {
+    pub key_ptr: *const c_char,
+    pub key_length: usize,
+    pub value_ptr: *const c_char,
+    pub value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_callout_init_result_Success`.
+pub const CALLOUT_INIT_SUCCESS: i32 = 0;
+/// `envoy_dynamic_module_type_http_callout_result_Success`.
+pub const CALLOUT_SUCCESS: i32 = 0;
+
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 pub const REQUEST_HEADER: i32 = 0;
 
@@ -79,8 +95,8 @@ pub const ATTRIBUTE_SOURCE_ADDRESS: i32 = 24;
 pub const CONTINUE: i32 = 0;
 pub const STOP_ITERATION: i32 = 1;
 
-pub type FilterConfigEnvoyPtr = *mut std::ffi::c_void;
-pub type FilterEnvoyPtr = *mut std::ffi::c_void;
+pub type FilterConfigEnvoyPtr = *mut c_void;
+pub type FilterEnvoyPtr = *mut c_void;
 
 extern "C" {
     pub fn envoy_dynamic_module_callback_log(level: i32, message: ModuleBuffer);
@@ -137,6 +153,22 @@ extern "C" {
         attribute_id: i32,
         result: *mut u64,
     ) -> bool;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config: FilterConfigEnvoyPtr) -> *mut c_void;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: *mut c_void, event_id: u64);
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: FilterConfigEnvoyPtr,
+        callout_id: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_length: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> i32;
 
     pub fn envoy_dynamic_module_callback_http_send_response(
         filter: FilterEnvoyPtr,

@@ -4,8 +4,8 @@
 //! in-flight limit, the tick that keeps the process's in-flight entry alive and runs the
 //! adaptive limit's control windows.
 //!
-//! Fleet limits are refused for now, naming the field (`limits[i].fleet`): their lease calls
-//! are gRPC, which the ABI's HTTP callouts do not carry yet.
+//! Fleet limits lease their tokens from the main thread (`fleet`): the tick thread wakes it
+//! through the configuration's scheduler.
 //!
 //! The process is one instance of the in-flight table (`record`): every worker shares this
 //! memory, and a crash takes all of them, so no entry can outlive its streams. The heartbeat
@@ -17,6 +17,7 @@
 //! wasm build's workers do theirs.
 
 use crate::envoy::{log, now_ns, ConfigPtr};
+use crate::fleet::LeaseCalls;
 use crate::metrics::Metrics;
 use crate::store::{Lease, STORE};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +26,6 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use surgeguard::adaptive::WindowStats;
-use surgeguard::config::{ConfigError, Policy};
 use surgeguard::decision::Admission;
 use surgeguard::instance::{agree_on_seed, allocate_instance_id};
 use surgeguard::record::HEARTBEAT_PERIOD_MS;
@@ -46,7 +46,11 @@ pub struct Serving {
 /// lets go of the namespace.
 pub struct FilterConfig {
     pub serving: Arc<Serving>,
+    pub envoy: ConfigPtr,
+    /// Fleet limits' calls in flight (main thread only).
+    pub lease_calls: Mutex<LeaseCalls>,
     _ticker: Option<Ticker>,
+    _scheduler: Option<Scheduler>,
     _registered: Registered,
     _lease: Lease,
 }
@@ -57,30 +61,10 @@ fn process_instance() -> u32 {
     *INSTANCE.get_or_init(|| allocate_instance_id(&STORE, now_ns()))
 }
 
-/// What the native build cannot serve yet, as configuration errors naming the field.
-fn unsupported(policy: &Policy) -> Vec<ConfigError> {
-    let not_yet =
-        |path: String| ConfigError { path, message: "not supported by the native build yet".into(), got: None };
-    policy
-        .limits
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.fleet.is_some())
-        .map(|(i, _)| not_yet(format!("limits[{i}].fleet")))
-        .collect()
-}
-
 impl FilterConfig {
     /// Compiles `json` for the filter `name`; `None` (refused) after logging every problem.
     pub fn new(envoy: ConfigPtr, name: &str, json: &[u8]) -> Option<FilterConfig> {
-        let policy = surgeguard::config::parse(json).and_then(|p| {
-            let errors = unsupported(&p);
-            if errors.is_empty() {
-                Ok(p)
-            } else {
-                Err(errors)
-            }
-        });
+        let policy = surgeguard::config::parse(json);
         let policy = match policy {
             Ok(p) => p,
             Err(errors) => {
@@ -116,16 +100,29 @@ impl FilterConfig {
                 policy.concurrency.as_ref().map_or("none".to_string(), |c| c.max_in_flight.to_string()),
             ),
         );
-        let with_in_flight = policy.concurrency.is_some();
-        // The tick: every heartbeat period, and twice a control window with an adaptive limit.
-        let tick_ms = admission
-            .adaptive()
-            .map_or(HEARTBEAT_PERIOD_MS, |a| HEARTBEAT_PERIOD_MS.min((a.params.window_ms / 2).max(MIN_TICK_MS)));
+        let with_fleet = admission.fleet_limits().next().is_some();
+        // The tick: every heartbeat period, twice a control window with an adaptive limit, and
+        // often enough to ask for a lease's refill in time with a fleet limit.
+        let mut tick_ms = if with_fleet { FLEET_TICK_MS } else { HEARTBEAT_PERIOD_MS };
+        if let Some(a) = admission.adaptive() {
+            tick_ms = tick_ms.min((a.params.window_ms / 2).max(FLEET_TICK_MS));
+        }
         let window = admission.adaptive().map(|_| Mutex::new(WindowStats::with_classes(policy.classes.len())));
+        let with_tick = policy.concurrency.is_some() || with_fleet;
         let serving = Arc::new(Serving { admission, metrics, instance, late_releases: AtomicU64::new(0), window });
-        let ticker = with_in_flight.then(|| Ticker::start(Arc::clone(&serving), tick_ms));
+        let scheduler = with_fleet.then(|| Scheduler::new(envoy)).flatten();
+        let wake = scheduler.as_ref().map(|s| s.0);
+        let ticker = with_tick.then(|| Ticker::start(Arc::clone(&serving), tick_ms, wake));
         let registered = Registered::new(name, Arc::clone(&serving));
-        Some(FilterConfig { serving, _ticker: ticker, _registered: registered, _lease: lease })
+        Some(FilterConfig {
+            serving,
+            envoy,
+            lease_calls: Mutex::new(LeaseCalls::default()),
+            _ticker: ticker,
+            _scheduler: scheduler,
+            _registered: registered,
+            _lease: lease,
+        })
     }
 }
 
@@ -179,8 +176,41 @@ impl Serving {
     }
 }
 
-/// The shortest tick (as the wasm build's).
-const MIN_TICK_MS: u64 = 20;
+/// The tick with a fleet limit, and the shortest (as the wasm build's).
+const FLEET_TICK_MS: u64 = 20;
+
+/// The configuration's scheduler: an event committed to it runs
+/// `on_http_filter_config_scheduled` on the main thread. Deleted on drop.
+struct Scheduler(SchedulerPtr);
+
+/// Envoy's scheduler, committed to from the tick thread (the ABI allows any thread).
+#[derive(Clone, Copy)]
+struct SchedulerPtr(*mut std::ffi::c_void);
+
+// SAFETY: see the type's docs; only `commit` is called off the main thread.
+unsafe impl Send for SchedulerPtr {}
+
+impl SchedulerPtr {
+    fn commit(self) {
+        // SAFETY: the scheduler is deleted only after the tick thread has stopped.
+        unsafe { crate::abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, 0) }
+    }
+}
+
+impl Scheduler {
+    fn new(envoy: ConfigPtr) -> Option<Scheduler> {
+        // SAFETY: main thread, in `on_http_filter_config_new`.
+        let ptr = unsafe { crate::abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(envoy.0) };
+        (!ptr.is_null()).then_some(Scheduler(SchedulerPtr(ptr)))
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: created by `new`, deleted once; the tick thread is already joined.
+        unsafe { crate::abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0 .0) }
+    }
+}
 
 /// A mutex's value; a poisoned one (a panic while held, contained) is taken over.
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -194,7 +224,9 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(serving: Arc<Serving>, tick_ms: u64) -> Ticker {
+    /// `wake`: with a fleet limit, the scheduler each tick commits to (lease calls are made on
+    /// the main thread).
+    fn start(serving: Arc<Serving>, tick_ms: u64, wake: Option<SchedulerPtr>) -> Ticker {
         let (stop, stopped) = mpsc::channel::<()>();
         let period = Duration::from_millis(tick_ms);
         let ticks_per_heartbeat = (HEARTBEAT_PERIOD_MS / tick_ms.max(1)).max(1);
@@ -205,6 +237,9 @@ impl Ticker {
                     match stopped.recv_timeout(period) {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    if let Some(scheduler) = wake {
+                        scheduler.commit();
                     }
                     // A panic here would end the tick, not Envoy; keep ticking.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

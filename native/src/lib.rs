@@ -7,6 +7,7 @@
 //! - [`store`]: the core's `SharedStore` in process memory, shared by every worker;
 //! - [`config`]: one filter configuration (refused whole when bad), its heartbeat;
 //! - [`filter`]: one request;
+//! - [`fleet`]: fleet limits' lease calls (gRPC on Envoy's HTTP callouts);
 //! - [`metrics`]: counters and gauges, defined with the configuration.
 //!
 //! Every hook Envoy calls is below. Each catches a panic (the crate is built with
@@ -17,6 +18,7 @@ mod abi;
 mod config;
 mod envoy;
 mod filter;
+mod fleet;
 mod metrics;
 mod store;
 
@@ -33,10 +35,19 @@ fn guard<T>(fallback: T, hook: impl FnOnce() -> T) -> T {
 }
 
 /// # Safety
-/// `ptr` must be null or come from `Box::into_raw` of a `T` not yet reclaimed.
+/// `ptr` must be null or come from `Box::into_raw` of a `T` not yet reclaimed, used by one
+/// thread at a time (a stream's filter).
 unsafe fn borrow<'a, T>(ptr: *const c_void) -> Option<&'a mut T> {
     // SAFETY: the caller vouches for the pointer (it is one this module handed to Envoy).
     unsafe { ptr.cast::<T>().cast_mut().as_mut() }
+}
+
+/// # Safety
+/// `ptr` must be null or a configuration from `..._config_new` not yet destroyed. Shared: every
+/// worker reads it at once.
+unsafe fn config<'a>(ptr: *const c_void) -> Option<&'a FilterConfig> {
+    // SAFETY: as above; only shared references are made.
+    unsafe { ptr.cast::<FilterConfig>().as_ref() }
 }
 
 #[no_mangle]
@@ -91,7 +102,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
 ) -> *const c_void {
     guard(std::ptr::null(), || {
         // SAFETY: `config` is ours and alive while Envoy creates streams with it.
-        match unsafe { borrow::<FilterConfig>(config) } {
+        match unsafe { self::config(config) } {
             Some(c) => {
                 Box::into_raw(Box::new(StreamFilter::new(std::sync::Arc::clone(&c.serving)))).cast_const().cast()
             }
@@ -142,6 +153,72 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
             f.on_stream_complete(filter_envoy);
         }
     })
+}
+
+/// The tick thread's wake-up (fleet limits): make the lease calls that are due.
+///
+/// # Safety
+/// Called by Envoy only, on the main thread, with the pointers the ABI promises.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _config_envoy: FilterConfigEnvoyPtr,
+    config: *const c_void,
+    _event_id: u64,
+) {
+    guard((), || {
+        // SAFETY: `config` is ours and alive until `..._config_destroy`.
+        if let Some(c) = unsafe { self::config(config) } {
+            config::lock(&c.lease_calls).tick(c.envoy, &c.serving, envoy::now_ns());
+        }
+    })
+}
+
+/// A lease call's answer.
+///
+/// # Safety
+/// Called by Envoy only, on the main thread, with the pointers the ABI promises.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _config_envoy: FilterConfigEnvoyPtr,
+    config: *const c_void,
+    callout_id: u64,
+    result: i32,
+    headers: *const abi::EnvoyHttpHeader,
+    headers_length: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_length: usize,
+) {
+    guard((), || {
+        // SAFETY: `config` is ours and alive until `..._config_destroy`.
+        let Some(c) = (unsafe { self::config(config) }) else { return };
+        // SAFETY: Envoy's arrays, valid during this hook (null when empty).
+        let (headers, chunks) = unsafe { (slice(headers, headers_length), slice(body_chunks, body_chunks_length)) };
+        let headers: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|h| {
+                let (k, v) = (
+                    EnvoyBuffer { ptr: h.key_ptr, length: h.key_length },
+                    EnvoyBuffer { ptr: h.value_ptr, length: h.value_length },
+                );
+                // SAFETY: as above.
+                unsafe { (k.as_bytes(), v.as_bytes()) }
+            })
+            .collect();
+        // SAFETY: as above.
+        let body: Vec<u8> = chunks.iter().flat_map(|b| unsafe { b.as_bytes() }.iter().copied()).collect();
+        let (status, message) = fleet::grpc_answer(result, &headers, &body);
+        config::lock(&c.lease_calls).answered(&c.serving, callout_id, status, message, envoy::now_ns());
+    })
+}
+
+/// # Safety
+/// `ptr` must be null or point to `length` values valid for `'a`.
+unsafe fn slice<'a, T>(ptr: *const T, length: usize) -> &'a [T] {
+    if ptr.is_null() || length == 0 {
+        return &[];
+    }
+    // SAFETY: the caller vouches for ptr/length.
+    unsafe { std::slice::from_raw_parts(ptr, length) }
 }
 
 // The hooks Envoy requires but surgeguard has nothing to do in: continue.

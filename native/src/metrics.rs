@@ -13,6 +13,8 @@ pub struct Metrics {
     counters: Vec<Option<usize>>,
     in_flight: Option<usize>,
     config_rejected: Option<usize>,
+    /// Per fleet limit, in limit order: its mode gauge (0 local until the service answers).
+    fleet_modes: Vec<Option<usize>>,
     adaptive: Option<AdaptiveMetrics>,
 }
 
@@ -62,6 +64,7 @@ impl Metrics {
             counters,
             in_flight: max_in_flight.and_then(|_| define(config, m::IN_FLIGHT_GAUGE, true)),
             config_rejected: define(config, m::CONFIG_REJECTED, false),
+            fleet_modes: m::fleet_mode_gauge_names(policy).iter().map(|n| define(config, n, true)).collect(),
             adaptive: adaptive.map(|_| AdaptiveMetrics {
                 limit: define(config, m::ADAPTIVE_LIMIT_GAUGE, true),
                 baseline_us: define(config, m::ADAPTIVE_BASELINE_GAUGE, true),
@@ -83,6 +86,13 @@ impl Metrics {
             }
         }
         metrics
+    }
+
+    /// Sets the mode gauge of the `ordinal`-th fleet limit (1 fleet, 0 local).
+    pub fn set_fleet_mode(&self, ordinal: usize, value: u64) {
+        if let Some(Some(id)) = self.fleet_modes.get(ordinal) {
+            self.set_gauge(*id, value);
+        }
     }
 
     /// A control window's outcome: L, the baselines, and whether L went down or up.

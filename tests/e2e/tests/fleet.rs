@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use surgeguard_harness::client::{run_schedule, Observer, Outcome, Req, Target};
-use surgeguard_harness::envoy::Envoy;
+use surgeguard_harness::envoy::{Envoy, METRIC_PREFIXES};
 use surgeguard_harness::fleet::{self, Service, WindowEnd, WindowSampler};
 use surgeguard_harness::upstream::Upstream;
 
@@ -58,7 +58,8 @@ fn start_envoys(n: usize, upstream: &Upstream, service: &Service, config: &str) 
 }
 
 fn metric(envoy: &Envoy, name: &str) -> Option<u64> {
-    envoy.stats().get(&format!("wasmcustom.{name}")).copied()
+    let stats = envoy.stats();
+    METRIC_PREFIXES.iter().find_map(|p| stats.get(&format!("{p}{name}")).copied())
 }
 
 fn lease_metric(envoy: &Envoy, outcome: &str) -> u64 {

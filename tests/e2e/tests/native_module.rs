@@ -1,7 +1,7 @@
 //! The native build (`dist/libsurgeguard_native.so`, an Envoy dynamic module) against the
-//! pinned Envoy: what it imports Envoy exports, what Envoy looks up it exports, and what it
-//! cannot serve yet (fleet limits) it refuses by name. Its behaviour is the wasm build's: the local-feature
-//! test files run again with `SURGEGUARD_BUILD=native` (`./build.sh test`).
+//! pinned Envoy: what it imports Envoy exports, and what Envoy looks up it exports. Its
+//! behaviour is the wasm build's: the feature test files run again with
+//! `SURGEGUARD_BUILD=native` (`./build.sh test`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -86,23 +86,6 @@ fn the_module_exports_every_hook_envoy_looks_up_for_an_http_filter() {
     let missing: Vec<&str> =
         required.iter().copied().filter(|h| !exported.contains(&format!("envoy_dynamic_module_on_{h}"))).collect();
     assert!(missing.is_empty(), "hooks missing from the module: {missing:?}");
-}
-
-#[test]
-fn fleet_limits_are_refused_by_name_until_the_native_build_has_them() {
-    let config = r#"{"limits": [{"name": "local", "tokens_per_second": 10, "burst": 10},
-        {"name": "shared", "tokens_per_second": 10, "burst": 10,
-         "fleet": {"cluster": "ratelimit", "domain": "d", "local_share": 0.5, "timeout_ms": 50}}]}"#;
-    let mut bootstrap = Bootstrap::new(1, Some(config));
-    bootstrap.build = Build::Native;
-    let err = match Envoy::start(&bootstrap.yaml(), &Options::default()) {
-        Ok(_) => panic!("Envoy started with a configuration the native build cannot serve"),
-        Err(e) => e,
-    };
-    let line = "limits[1].fleet: not supported by the native build yet";
-    assert!(err.log.contains(line), "log lacks `{line}`:\n{}", err.log);
-    assert!(!err.log.contains("limits[0]"), "only the fleet limit is named:\n{}", err.log);
-    assert!(!err.log.contains("panic"), "{}", err.log);
 }
 
 #[test]

@@ -596,6 +596,24 @@ mod tests {
     }
 
     #[test]
+    fn a_shipped_wasm_config_runs_the_native_build_in_the_filter_s_place() {
+        let path = crate::repo_root().join("envoy/fleet/envoy.yaml");
+        let wasm = Localise::local(4321).load(&path).unwrap();
+        let native = with_native_filter(&wasm, Path::new("/x/lib.so"), r#"{"mode": "shadow"}"#).unwrap();
+        assert!(!native.contains("wasm.v3.Wasm") && !native.contains("surgeguard.wasm"));
+        assert!(
+            native.contains("dynamic_modules.v3.DynamicModuleFilter") && native.contains(r#"filename: "/x/lib.so""#)
+        );
+        assert!(native.contains(r#"value: "{\"mode\": \"shadow\"}""#));
+        let without = |y: &str| without_filter(y).unwrap().replace(FILTER_BEGIN, "");
+        assert_eq!(
+            without(&wasm),
+            native.replace(&native_filter_yaml(Path::new("/x/lib.so"), r#"{"mode": "shadow"}"#), "")
+        );
+        assert!(native.contains("envoy.filters.http.router") && native.contains("port_value: 4321"));
+    }
+
+    #[test]
     fn a_shipped_config_that_changed_shape_is_refused() {
         let err = Localise::local(1).apply("port_value: 10000\n", "x.yaml").unwrap_err();
         assert!(err.contains("x.yaml: expected `port_value: 9901`"), "{err}");

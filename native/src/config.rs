@@ -42,8 +42,8 @@ pub struct Serving {
     pub window: Option<Mutex<WindowStats>>,
 }
 
-/// A configuration in force. Dropped fields in order: the heartbeat stops before the store
-/// lets go of the namespace.
+/// A configuration in force. Fields drop in order: the tick thread stops (joined) before its
+/// scheduler is deleted, and both before the store lets go of the namespace.
 pub struct FilterConfig {
     pub serving: Arc<Serving>,
     pub envoy: ConfigPtr,
@@ -64,8 +64,7 @@ fn process_instance() -> u32 {
 impl FilterConfig {
     /// Compiles `json` for the filter `name`; `None` (refused) after logging every problem.
     pub fn new(envoy: ConfigPtr, name: &str, json: &[u8]) -> Option<FilterConfig> {
-        let policy = surgeguard::config::parse(json);
-        let policy = match policy {
+        let policy = match surgeguard::config::parse(json) {
             Ok(p) => p,
             Err(errors) => {
                 for e in &errors {

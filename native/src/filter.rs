@@ -30,29 +30,6 @@ impl StreamFilter {
         StreamFilter { serving, holds_in_flight_slot: false, sample: None }
     }
 
-    /// `on_http_filter_stream_complete`: the sample, if the request went upstream. Latency if
-    /// the upstream answered below 500, an upstream error if it answered 5xx or Envoy's router
-    /// did for it (504 timeout, 503 reset); no response (the client went away first): nothing.
-    pub fn on_stream_complete(&mut self, envoy: abi::FilterEnvoyPtr) {
-        let (Some((class, admitted_ns)), Some(window)) = (self.sample.take(), &self.serving.window) else { return };
-        let mut code = 0u64;
-        // SAFETY: `envoy` is this stream's filter during its hook; `code` is writable.
-        let found = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(
-                envoy,
-                abi::ATTRIBUTE_RESPONSE_CODE,
-                &mut code,
-            )
-        };
-        let latency_us = now_ns().saturating_sub(admitted_ns) / 1_000;
-        let mut w = lock(window);
-        match (found, code) {
-            (false, _) | (true, 0) => {}
-            (true, 500..) => w.errors += 1,
-            (true, _) => w.record_completed(class, latency_us),
-        }
-    }
-
     /// `on_http_filter_request_headers`: `abi::CONTINUE` or, after a refusal was sent,
     /// `abi::STOP_ITERATION`.
     pub fn on_request_headers(&mut self, envoy: abi::FilterEnvoyPtr) -> i32 {
@@ -78,6 +55,29 @@ impl StreamFilter {
         match decision.verdict {
             Verdict::Admitted { .. } | Verdict::FailedOpen => abi::CONTINUE,
             Verdict::RateLimited { .. } | Verdict::Shed { .. } => reply_refused(envoy, policy, &decision),
+        }
+    }
+
+    /// `on_http_filter_stream_complete`: the sample, if the request went upstream. Latency if
+    /// the upstream answered below 500, an upstream error if it answered 5xx or Envoy's router
+    /// did for it (504 timeout, 503 reset); no response (the client went away first): nothing.
+    pub fn on_stream_complete(&mut self, envoy: abi::FilterEnvoyPtr) {
+        let (Some((class, admitted_ns)), Some(window)) = (self.sample.take(), &self.serving.window) else { return };
+        let mut code = 0u64;
+        // SAFETY: `envoy` is this stream's filter during its hook; `code` is writable.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(
+                envoy,
+                abi::ATTRIBUTE_RESPONSE_CODE,
+                &mut code,
+            )
+        };
+        let latency_us = now_ns().saturating_sub(admitted_ns) / 1_000;
+        let mut w = lock(window);
+        match (found, code) {
+            (false, _) | (true, 0) => {}
+            (true, 500..) => w.errors += 1,
+            (true, _) => w.record_completed(class, latency_us),
         }
     }
 }

@@ -57,6 +57,14 @@ fn every_envoy_callback_the_module_imports_is_exported_by_the_pinned_envoy() {
 }
 
 #[test]
+fn an_envoy_lacking_a_callback_refuses_the_module_when_loading_it_not_on_a_request() {
+    // Immediate binding (native/build.rs): dlopen resolves every import, or fails naming it.
+    let out = Command::new("readelf").arg("-d").arg(module()).output().expect("readelf (binutils) runs");
+    let dynamic = String::from_utf8_lossy(&out.stdout);
+    assert!(dynamic.contains("BIND_NOW"), "{dynamic}");
+}
+
+#[test]
 fn the_module_exports_every_hook_envoy_looks_up_for_an_http_filter() {
     let exported = dynamic_symbols(&module(), "--defined-only");
     // What Envoy 1.40 requires of an HTTP filter module (it refuses to load one without).

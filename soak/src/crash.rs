@@ -172,8 +172,21 @@ fn vector_u32(bytes: &[u8]) -> Result<(u32, Vec<u32>), String> {
     Ok((count, items))
 }
 
-/// Each export as (name, kind, index, where its index starts and ends in `exports`).
-fn export_entries(exports: &[u8]) -> Result<Vec<(&[u8], u8, u32, usize, usize)>, String> {
+/// One export: its name, kind, index, and where its index is encoded in the section.
+struct Export<'a> {
+    name: &'a [u8],
+    kind: u8,
+    index: u32,
+    encoded: std::ops::Range<usize>,
+}
+
+impl Export<'_> {
+    fn is_function(&self, name: &str) -> bool {
+        self.name == name.as_bytes() && self.kind == 0x00
+    }
+}
+
+fn export_entries(exports: &[u8]) -> Result<Vec<Export<'_>>, String> {
     let mut at = 0;
     let count = read_u32(exports, &mut at)?;
     let mut out = Vec::new();
@@ -182,23 +195,21 @@ fn export_entries(exports: &[u8]) -> Result<Vec<(&[u8], u8, u32, usize, usize)>,
         let kind = byte(exports, &mut at)?;
         let start = at;
         let index = read_u32(exports, &mut at)?;
-        out.push((name, kind, index, start, at));
+        out.push(Export { name, kind, index, encoded: start..at });
     }
     Ok(out)
 }
 
 fn export_function(exports: &[u8], name: &str) -> Result<Option<u32>, String> {
-    Ok(export_entries(exports)?.into_iter().find(|e| e.0 == name.as_bytes() && e.1 == 0x00).map(|e| e.2))
+    Ok(export_entries(exports)?.into_iter().find(|e| e.is_function(name)).map(|e| e.index))
 }
 
 fn repoint_export(exports: &[u8], name: &str, function: u32) -> Result<Vec<u8>, String> {
-    let entry = export_entries(exports)?
-        .into_iter()
-        .find(|e| e.0 == name.as_bytes() && e.1 == 0x00)
-        .ok_or(format!("no `{name}` export"))?;
-    let mut out = exports[..entry.3].to_vec();
+    let entry =
+        export_entries(exports)?.into_iter().find(|e| e.is_function(name)).ok_or(format!("no `{name}` export"))?;
+    let mut out = exports[..entry.encoded.start].to_vec();
     leb_u32(function, &mut out);
-    out.extend_from_slice(&exports[entry.4..]);
+    out.extend_from_slice(&exports[entry.encoded.end..]);
     Ok(out)
 }
 
@@ -265,8 +276,8 @@ mod tests {
             export_entries(&find(m, SECTION_EXPORT))
                 .unwrap()
                 .into_iter()
-                .filter(|e| e.0 != EXPORT.as_bytes())
-                .map(|e| (e.0.to_vec(), e.1, e.2))
+                .filter(|e| e.name != EXPORT.as_bytes())
+                .map(|e| (e.name.to_vec(), e.kind, e.index))
                 .collect::<Vec<_>>()
         };
         assert_eq!(others(&module), others(&out));

@@ -66,6 +66,7 @@ fn soak(o: &cli::Options, args: &[String]) -> Result<bool, String> {
         settled: &settled,
         pushes: &loaded.pushes,
         crashes: &loaded.crashes,
+        upstream_requests: rig.upstream.stats.requests(),
     });
     let passed = checks.iter().all(|c| c.pass);
     let summary = Summary {

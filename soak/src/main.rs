@@ -55,6 +55,7 @@ fn soak(o: &cli::Options, args: &[String]) -> Result<bool, String> {
     );
     let loaded = run::load_with_faults(&rig, &timeline, o.seed, &shipped)?;
     eprintln!("[soak] load done after {:.0} s; waiting for in flight to drain", loaded.load_s);
+    let visits = run::visit_every_worker(&rig);
     let drained = run::drain(&rig);
     let settled = run::settle(&rig);
     let accounting = checks::account(&settled, &loaded.crashes);
@@ -66,6 +67,7 @@ fn soak(o: &cli::Options, args: &[String]) -> Result<bool, String> {
         settled: &settled,
         pushes: &loaded.pushes,
         crashes: &loaded.crashes,
+        visits: &visits,
         upstream_requests: rig.upstream.stats.requests(),
     });
     let passed = checks.iter().all(|c| c.pass);
@@ -96,6 +98,7 @@ fn soak(o: &cli::Options, args: &[String]) -> Result<bool, String> {
             ("report.md", md.as_bytes()),
             ("envoy.log", settled.envoy_log.as_bytes()),
             ("access.log", settled.access_log.as_bytes()),
+            ("envoy-stats.txt", stats_text(&settled.stats).as_bytes()),
         ],
     )?;
     eprintln!("[soak] wrote {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
@@ -103,4 +106,9 @@ fn soak(o: &cli::Options, args: &[String]) -> Result<bool, String> {
         eprintln!("[soak] push at {:.1} s (valid: {}) got the wrong verdict:\n{}", p.at_s, p.valid, p.output);
     }
     Ok(passed)
+}
+
+/// Envoy's counters and gauges at the end, one `name: value` a line.
+fn stats_text(stats: &std::collections::BTreeMap<String, u64>) -> String {
+    stats.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
 }

@@ -1,7 +1,8 @@
 //! One soak, in phases that each return what the next needs: [`load_with_faults`] (the load
-//! and, beside it, the pushes, the crashes and the memory samples), [`drain`] (wait until
-//! nothing is in flight), [`settle`] (wait until Envoy's counters and its access log have
-//! everything), then the checks (`checks`) judge what was observed.
+//! and, beside it, the pushes, the crashes and the memory samples), [`visit_every_worker`] (so
+//! that the last crash's VM is rebuilt), [`drain`] (wait until nothing is in flight),
+//! [`settle`] (wait until Envoy's counters and its access log have everything), then the checks
+//! (`checks`) judge what was observed.
 
 use crate::faults::{crash_vms, push_configs, sample_rss, Crash, LoadWatch, Push};
 use crate::plan::{Label, Timeline};
@@ -62,6 +63,21 @@ pub fn load_with_faults(rig: &Rig, timeline: &Timeline, seed: u64, shipped_confi
         let outcomes = outcomes.map_err(|e| format!("load: {e:?}"))?;
         Ok(Loaded { outcomes, pushes, crashes, rss, load_s: t0.elapsed().as_secs_f64() })
     })
+}
+
+/// Requests on fresh connections after the load, so that every worker serves again.
+pub const VISITS: usize = 32;
+
+/// A dead VM is rebuilt only when a request comes to its worker, and the last crash may leave a
+/// worker the load's kept-alive connections never reach. Envoy's workers take connections as
+/// the kernel spreads them, so [`VISITS`] connections miss a given one of 4 workers with
+/// probability (3/4)^32, about 1 in 10,000. Returns the statuses (`None`: no response).
+pub fn visit_every_worker(rig: &Rig) -> Vec<Option<u16>> {
+    let request = format!(
+        "GET /products/1 HTTP/1.1\r\nHost: storefront\r\nuser-agent: {}\r\nConnection: close\r\n\r\n",
+        surgeguard_demo::traffic::BROWSER_UA
+    );
+    (0..VISITS).map(|_| surgeguard_harness::client::raw_request(rig.port, request.as_bytes())).collect()
 }
 
 /// In flight at the end, as the filter and Envoy count it.

@@ -13,23 +13,21 @@ use crate::rig::RigDir;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use surgeguard_harness::client::{raw_request, Observer, Verdict};
+use surgeguard_harness::client::{raw_request, Observer};
 
 pub const PUSH_PERIOD: Duration = Duration::from_secs(3);
 pub const SAMPLE_PERIOD: Duration = Duration::from_secs(2);
 
 /// Watches the load: when it started and when it last sent a request.
-#[derive(Default)]
 pub struct LoadWatch {
     start: Mutex<Option<Instant>>,
     /// Nanoseconds from the start to the last request sent (`u64::MAX`: none yet).
     last_sent_ns: AtomicU64,
-    pub sent: AtomicU64,
 }
 
 impl LoadWatch {
     pub fn new() -> LoadWatch {
-        LoadWatch { last_sent_ns: AtomicU64::new(u64::MAX), ..LoadWatch::default() }
+        LoadWatch { start: Mutex::new(None), last_sent_ns: AtomicU64::new(u64::MAX) }
     }
 
     pub fn start(&self) -> Option<Instant> {
@@ -63,12 +61,10 @@ impl Observer for LoadWatch {
         }
     }
     fn sent(&self) {
-        self.sent.fetch_add(1, Ordering::SeqCst);
         if let Some(start) = self.start() {
             self.last_sent_ns.store(start.elapsed().as_nanos() as u64, Ordering::SeqCst);
         }
     }
-    fn answered(&self, _verdict: Verdict) {}
 }
 
 /// Sleeps until `start + at`, in slices; false if `stop` was raised first.

@@ -36,8 +36,10 @@ pub const STALL_SHARE: f64 = 0.01;
 /// An aborting client gives up after this long, on a request the upstream answers later.
 pub const ABORT_AFTER: Duration = Duration::from_millis(50);
 const ABORTED_REQUEST_DELAY_MS: u64 = 400;
-/// No request in this long before a crash (see the module docs).
+/// No request in this long before a crash (see the module docs)...
 pub const CRASH_QUIET: Duration = Duration::from_millis(1_500);
+/// ...nor in this long after its scheduled moment, the crasher's leeway to send it.
+pub const CRASH_SLACK: Duration = Duration::from_millis(100);
 /// A crash every this long after the warm-up's, and one [`LAST_CRASH_BEFORE_END`] before the end.
 pub const CRASH_PERIOD: Duration = Duration::from_secs(60);
 /// The last crash: its VM's in-flight entry is still there when the load ends, so the end waits
@@ -108,7 +110,7 @@ impl Timeline {
     }
 
     fn quiet(&self, t: Duration) -> bool {
-        self.crashes.iter().any(|c| t < *c && t + CRASH_QUIET >= *c)
+        self.crashes.iter().any(|c| t < *c + CRASH_SLACK && t + CRASH_QUIET >= *c)
     }
 
     /// Every arrival of the run, in time order: (when, what, label).
@@ -197,7 +199,8 @@ mod tests {
         assert_eq!(t.crashes, [10, 40, 56].map(Duration::from_secs), "warm-up, periodic, last");
         let arrivals = t.arrivals(1);
         for c in &t.crashes {
-            assert!(arrivals.iter().all(|(at, _, _)| !(*at < *c && *at + CRASH_QUIET >= *c)), "quiet before {c:?}");
+            let quiet = |at: Duration| at + CRASH_QUIET >= *c && at < *c + CRASH_SLACK;
+            assert!(arrivals.iter().all(|(at, _, _)| !quiet(*at)), "quiet around {c:?}");
         }
         assert!(arrivals.windows(2).all(|w| w[0].0 <= w[1].0), "in time order");
     }

@@ -90,7 +90,7 @@ fn stat(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
     stats.get(name).copied().unwrap_or(0)
 }
 
-/// Sums the filter's class counters ending in `.outcome`.
+/// Sums the filter's class counters of one outcome (`.shed` is not `.shadow_shed`).
 fn class_total(stats: &BTreeMap<String, u64>, outcome: &str) -> u64 {
     stats
         .iter()
@@ -104,8 +104,8 @@ pub fn account(settled: &Settled, crashes: &[Crash]) -> Accounting {
     let mut a = Accounting {
         envoy_requests: stat(s, &format!("http.{STAT_PREFIX}.downstream_rq_total")),
         admitted: class_total(s, "admitted"),
-        rate_limited: class_total(s, "rate_limited") - class_total(s, "shadow_rate_limited"),
-        shed: class_total(s, "shed") - class_total(s, "shadow_shed"),
+        rate_limited: class_total(s, "rate_limited"),
+        shed: class_total(s, "shed"),
         shadow: class_total(s, "shadow_rate_limited") + class_total(s, "shadow_shed"),
         fail_open: stat(s, "wasmcustom.surgeguard.fail_open"),
         key_overflow: stat(s, &format!("wasmcustom.surgeguard.limit.{KEYED_LIMIT}.key_overflow")),

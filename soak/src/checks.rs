@@ -345,3 +345,55 @@ pub fn judge(i: &Inputs) -> Vec<Check> {
     );
     checks
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crash(unix_s: f64) -> Crash {
+        Crash { at_s: 0.0, unix_s, staged: true, status: Some(503) }
+    }
+
+    #[test]
+    fn dead_vm_answers_are_told_apart_by_when_their_request_started() {
+        let stats = [
+            ("http.storefront.downstream_rq_total", 8),
+            ("wasmcustom.surgeguard.class.critical.admitted", 3),
+            ("wasmcustom.surgeguard.class.sheddable.rate_limited", 1),
+            ("wasmcustom.surgeguard.class.sheddable.shadow_rate_limited", 0),
+            ("wasmcustom.surgeguard.class.standard.shed", 1),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .into();
+        let access_log = [
+            "99.000|200|via_upstream|-|-",
+            "99.500|429|-|-|limit=storefront; class=sheddable",
+            "99.600|503|-|-|shed=in_flight; class=standard",
+            "100.000|503|wasm_fail_stream|-|-", // the crashing request
+            "100.300|503|wasm_fail_stream|-|-", // arrived before the VM was rebuilt
+            "98.400|503|wasm_fail_stream|-|-",  // in flight at the crash: decided
+            "0|0|downstream_remote_disconnect|DC|-",
+            "150.000|503|wasm_fail_stream|-|-", // long after: unexplained
+        ]
+        .join("\n");
+        let settled = Settled { stats, access_log, envoy_log: String::new() };
+        let a = account(&settled, &[crash(100.0)]);
+        assert_eq!((a.dead_vm_arrived, a.dead_vm_in_flight, a.dead_vm_unexplained), (2, 1, 1));
+        assert_eq!((a.logged_rate_limited, a.logged_shed, a.rate_limited, a.shed), (1, 1, 1, 1));
+        assert_eq!(a.client_aborts, 1);
+        assert_eq!(a.reached_filter, 8 - 3, "the arrived and the unexplained never reached the filter");
+        assert_eq!(a.decided(), a.reached_filter);
+    }
+
+    #[test]
+    fn envoys_lines_for_a_refused_configuration_are_not_unexpected() {
+        let log = "[t][1][critical][wasm] [source/extensions/common/wasm/wasm.cc:626] Plugin surgeguard failed to load\n\
+                   [t][2][critical][wasm] [source/extensions/common/wasm/wasm.cc:479] Plugin configured to fail closed failed to load\n\
+                   [t][3][error][wasm] [wasm_vm.cc:38] Function: proxy_on_request_headers failed: Uncaught RuntimeError: unreachable\n\
+                   [t][4][critical][main] something else\n\
+                   [t][5][error][wasm] wasm log surgeguard: panicked at src/x.rs:1:1";
+        let scan = scan_log(log);
+        assert_eq!((scan.refused_config, scan.refused_config_threads, scan.traps), (1, 1, 1));
+        assert_eq!(scan.unexpected.len(), 2, "{:?}", scan.unexpected);
+    }
+}

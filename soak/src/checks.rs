@@ -25,8 +25,8 @@ use std::collections::BTreeMap;
 
 /// RSS may grow this much past the warm-up's end. Everything the filter keeps is bounded by its
 /// configuration and is there by the warm-up's end (every variant in force, a flood past
-/// `max_keys`, a VM replaced); what is left is the allocator's noise, measured at 0.1 to 0.5 MiB
-/// over 1 to 10 minutes. 8 MiB is far above that, and below what a leak proportional to the
+/// `max_keys`, a VM replaced); what is left grew 0.1 to 0.6 MiB over 1 to 10 minutes (a steady
+/// drift of about 0.07 MiB a minute, source not isolated). 8 MiB is far above that, and below what a leak proportional to the
 /// faults adds in 10 minutes: 40 KiB per push (200), 0.7 MiB per crash (11), or 100 bytes per
 /// request (90,000).
 pub const RSS_GROWTH_BOUND_BYTES: u64 = 8 << 20;

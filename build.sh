@@ -13,6 +13,7 @@
 #   ./build.sh envoy        print the Envoy binary the project uses (installing it if needed)
 #   ./build.sh rls          print the rate limit service binary for fleet limits (building it if needed)
 #   ./build.sh fuzz [SECS]  coverage-guided fuzzing of every target in fuzz/ for SECS each (default 60)
+#   ./build.sh soak [--minutes N]  mixed load through Envoy under injected faults, checked (default 10)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -269,6 +270,13 @@ test_all() {
   cargo test -q --locked --manifest-path fuzz/Cargo.toml --no-default-features
   say "core tests compiled to wasm32 (wasm-bindgen-test in Node)"
   cargo test --lib --target wasm32-unknown-unknown -p surgeguard
+  say "a one-minute soak under faults (dist/soak/)"
+  soak --minutes 1
+}
+
+# The soak (soak/); exit 1 if a check fails.
+soak() {
+  cargo run -q --release -p surgeguard-soak --bin soak -- "$@"
 }
 
 cmd=${1:-build}
@@ -283,6 +291,7 @@ case "$cmd" in
   envoy) ensure_envoy; echo "$ENVOY_BIN" ;;
   rls) ensure_rls; echo "$SURGEGUARD_RLS_BIN" ;;
   fuzz) fuzz_all "$@" ;;
+  soak) build; ensure_envoy; soak "$@" ;;
   demo)
     build; ensure_envoy
     # --fleet needs Redis and the rate limit service (built once per machine).

@@ -36,11 +36,18 @@ pub struct Req {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// `Some`: the client gives up after this long and closes the connection mid-request (a
+    /// user who navigates away); the request then ends in the error "aborted".
+    pub abort_after: Option<Duration>,
 }
 
 impl Req {
     pub fn get(path: &str) -> Req {
-        Req { method: "GET".into(), path: path.into(), headers: Vec::new() }
+        Req { method: "GET".into(), path: path.into(), headers: Vec::new(), abort_after: None }
+    }
+    pub fn abort_after(mut self, after: Duration) -> Req {
+        self.abort_after = Some(after);
+        self
     }
     pub fn method(mut self, m: &str) -> Req {
         self.method = m.into();
@@ -79,7 +86,11 @@ async fn send(c: &HttpClient, port: u16, req: &Req, timeout: Duration) -> Result
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
         Ok(Response { status, headers, body })
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| "timeout".to_string())?
+    match req.abort_after.filter(|a| *a < timeout) {
+        // Dropping the pending request closes its connection: hyper cannot reuse one mid-response.
+        Some(after) => tokio::time::timeout(after, fut).await.map_err(|_| "aborted".to_string())?,
+        None => tokio::time::timeout(timeout, fut).await.map_err(|_| "timeout".to_string())?,
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

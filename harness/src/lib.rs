@@ -3,6 +3,7 @@
 //! - [`envoy`]: find and run a real Envoy (with the real `.wasm`, or the native build's `.so`:
 //!   [`envoy::Build`]), stopped on drop;
 //! - [`upstream`]: an HTTP upstream on 127.0.0.1 that measures its own concurrency;
+//! - [`faulty`]: an upstream that resets or stalls the requests that ask it to (the soak);
 //! - [`database`]: an upstream whose latency grows with concurrency past a knee, like a
 //!   database with a few connections (the adaptive limit's test);
 //! - [`client`]: the one HTTP client: requests, open-loop load (a schedule), closed-loop load;
@@ -20,6 +21,7 @@
 pub mod client;
 pub mod database;
 pub mod envoy;
+pub mod faulty;
 pub mod fleet;
 pub mod outcome;
 pub mod output;

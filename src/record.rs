@@ -33,6 +33,13 @@ pub const LEASE_NS: u64 = 10 * NS_PER_S;
 pub const HEARTBEAT_PERIOD_MS: u64 = 1_000;
 
 const ENTRY_BYTES: usize = 24;
+/// Where an entry's `a` and `b` are. The `test-next-format` build (a stand-in for the next
+/// format, see `format`) stores them the other way round: a layout this one would misread (a
+/// heartbeat as an in-flight count, an empty word as a bucket's arrival time).
+#[cfg(not(feature = "test-next-format"))]
+const VALUE_OFFSETS: (usize, usize) = (8, 16);
+#[cfg(feature = "test-next-format")]
+const VALUE_OFFSETS: (usize, usize) = (16, 8);
 const IN_FLIGHT_TAG: u64 = 1 << 63;
 const LEASE_TAG: u64 = 1 << 62;
 /// The adaptive limit's entry. Bucket ids are below 2^59 and lease tags have bit 62 set, so this
@@ -81,7 +88,8 @@ impl Record {
 
     /// The entry's two values (`a`, `b`).
     fn values_at(&self, at: usize) -> (u64, u64) {
-        (read_u64(&self.bytes, at + 8).unwrap_or(0), read_u64(&self.bytes, at + 16).unwrap_or(0))
+        let (a, b) = VALUE_OFFSETS;
+        (read_u64(&self.bytes, at + a).unwrap_or(0), read_u64(&self.bytes, at + b).unwrap_or(0))
     }
 
     /// The offset of the entry tagged `tag`. Only tags are read while searching: the record is
@@ -99,8 +107,9 @@ impl Record {
     fn write(&mut self, at: usize, tag: u64, a: u64, b: u64) {
         let mut entry = [0u8; ENTRY_BYTES];
         entry[..8].copy_from_slice(&tag.to_le_bytes());
-        entry[8..16].copy_from_slice(&a.to_le_bytes());
-        entry[16..].copy_from_slice(&b.to_le_bytes());
+        let (a_at, b_at) = VALUE_OFFSETS;
+        entry[a_at..a_at + 8].copy_from_slice(&a.to_le_bytes());
+        entry[b_at..b_at + 8].copy_from_slice(&b.to_le_bytes());
         if let Some(slot) = self.bytes.get_mut(at..at + ENTRY_BYTES) {
             slot.copy_from_slice(&entry);
         }
@@ -172,11 +181,22 @@ impl Record {
         Lease::from_words(&words)
     }
 
+    /// Writes a fleet limit's lease over the stored one if that is whole (its entries in order
+    /// from the first); else (a torn write, another layout's bytes: entries missing, out of
+    /// order or past the end) drops every entry of it and appends a whole one. Either way no
+    /// other entry is ever overwritten.
     pub fn set_lease(&mut self, id: u64, lease: &Lease) {
         let words = lease.to_words();
-        let first = match self.position(lease_tag(id, 0)) {
+        let whole = self.position(lease_tag(id, 0)).filter(|&first| {
+            (0..LEASE_ENTRIES).all(|entry| {
+                let at = first + entry * ENTRY_BYTES;
+                at + ENTRY_BYTES <= self.bytes.len() && self.tag_at(at) == lease_tag(id, entry)
+            })
+        });
+        let first = match whole {
             Some(at) => at,
             None => {
+                self.retain(|record, at, _| !record.is_lease_entry_of(id, at));
                 self.bytes.resize(self.bytes.len() + LEASE_ENTRIES * ENTRY_BYTES, 0);
                 self.bytes.len() - LEASE_ENTRIES * ENTRY_BYTES
             }
@@ -184,6 +204,13 @@ impl Record {
         for (entry, pair) in words.chunks_exact(2).enumerate() {
             self.write(first + entry * ENTRY_BYTES, lease_tag(id, entry), pair[0], pair[1]);
         }
+    }
+
+    /// Whether the entry at `at` is one of limit `id`'s lease entries (any index, even one a
+    /// whole lease never has).
+    fn is_lease_entry_of(&self, id: u64, at: usize) -> bool {
+        let tag = self.tag_at(at);
+        is_lease_tag(tag) && (tag & !LEASE_TAG) >> 3 == id
     }
 
     /// Drops the leases of limits not in `ids` (a limit removed or changed by a new
@@ -392,6 +419,31 @@ mod tests {
         assert!(!own.acquire(1, T0, u32::MAX));
         own.release(1, T0);
         assert_eq!(own.in_flight(T0), u64::MAX - 1);
+    }
+
+    // Found by reading: `set_lease` wrote its entries from wherever the lease's first entry was,
+    // over whatever followed it (another instance's in-flight count, a bucket) or past the end
+    // (the lease was lost), when the stored lease was not whole.
+    #[test]
+    fn setting_a_lease_over_a_torn_one_never_overwrites_other_entries() {
+        let lease = Lease { tokens: 40, fleet_remaining: 900, window_end_ns: T0 + 7, ..Lease::default() };
+        let mut r = Record::default();
+        r.put(lease_tag(21, 0), 5, 6);
+        r.acquire(3, T0, 9);
+        r.set_bucket(11, T0 + 5);
+        r.put(lease_tag(21, 3), 7, 8);
+        r.set_lease(21, &lease);
+        assert_eq!(r.lease(21), lease);
+        assert_eq!(r.in_flight(T0), 1, "the in-flight entry after the torn lease is intact");
+        assert_eq!(r.bucket(11), T0 + 5);
+        assert_eq!(r.as_bytes().len(), (2 + LEASE_ENTRIES) * ENTRY_BYTES, "the torn entries went");
+
+        let mut at_end = Record::default();
+        at_end.acquire(3, T0, 9);
+        at_end.put(lease_tag(21, 0), 5, 6);
+        at_end.set_lease(21, &lease);
+        assert_eq!(at_end.lease(21), lease, "written whole, not cut off at the end");
+        assert_eq!(at_end.in_flight(T0), 1);
     }
 
     #[test]

@@ -33,13 +33,17 @@ pub const LEASE_NS: u64 = 10 * NS_PER_S;
 pub const HEARTBEAT_PERIOD_MS: u64 = 1_000;
 
 const ENTRY_BYTES: usize = 24;
-/// Where an entry's `a` and `b` are. The `test-next-format` build (a stand-in for the next
-/// format, see `format`) stores them the other way round: a layout this one would misread (a
-/// heartbeat as an in-flight count, an empty word as a bucket's arrival time).
+/// A bucket's arrival time as its entry's `a` holds it. The `test-next-format` build (a stand-in
+/// for the next format, see `format`) stores it inverted: the same tags with a meaning this format
+/// would misread, and the other way round (a bucket empty for centuries: every request refused).
 #[cfg(not(feature = "test-next-format"))]
-const VALUE_OFFSETS: (usize, usize) = (8, 16);
+fn stored_tat(tat_ns: u64) -> u64 {
+    tat_ns
+}
 #[cfg(feature = "test-next-format")]
-const VALUE_OFFSETS: (usize, usize) = (16, 8);
+fn stored_tat(tat_ns: u64) -> u64 {
+    !tat_ns
+}
 const IN_FLIGHT_TAG: u64 = 1 << 63;
 const LEASE_TAG: u64 = 1 << 62;
 /// The adaptive limit's entry. Bucket ids are below 2^59 and lease tags have bit 62 set, so this
@@ -88,8 +92,7 @@ impl Record {
 
     /// The entry's two values (`a`, `b`).
     fn values_at(&self, at: usize) -> (u64, u64) {
-        let (a, b) = VALUE_OFFSETS;
-        (read_u64(&self.bytes, at + a).unwrap_or(0), read_u64(&self.bytes, at + b).unwrap_or(0))
+        (read_u64(&self.bytes, at + 8).unwrap_or(0), read_u64(&self.bytes, at + 16).unwrap_or(0))
     }
 
     /// The offset of the entry tagged `tag`. Only tags are read while searching: the record is
@@ -107,9 +110,8 @@ impl Record {
     fn write(&mut self, at: usize, tag: u64, a: u64, b: u64) {
         let mut entry = [0u8; ENTRY_BYTES];
         entry[..8].copy_from_slice(&tag.to_le_bytes());
-        let (a_at, b_at) = VALUE_OFFSETS;
-        entry[a_at..a_at + 8].copy_from_slice(&a.to_le_bytes());
-        entry[b_at..b_at + 8].copy_from_slice(&b.to_le_bytes());
+        entry[8..16].copy_from_slice(&a.to_le_bytes());
+        entry[16..].copy_from_slice(&b.to_le_bytes());
         if let Some(slot) = self.bytes.get_mut(at..at + ENTRY_BYTES) {
             slot.copy_from_slice(&entry);
         }
@@ -138,7 +140,9 @@ impl Record {
             } else {
                 // A lease is dropped only with its limit (`retain_leases`), L only by
                 // `clear_adaptive_limit`.
-                tag & LEASE_TAG != 0 || tag == ADAPTIVE_LIMIT_TAG || !is_full(record.values_at(at).0, now_ns)
+                tag & LEASE_TAG != 0
+                    || tag == ADAPTIVE_LIMIT_TAG
+                    || !is_full(stored_tat(record.values_at(at).0), now_ns)
             }
         });
     }
@@ -160,11 +164,11 @@ impl Record {
 
     /// A bucket's arrival time; 0 (full) if it has no entry.
     pub fn bucket(&self, id: u64) -> u64 {
-        self.find(id).map_or(0, |(_, tat, _)| tat)
+        self.find(id).map_or(0, |(_, tat, _)| stored_tat(tat))
     }
 
     pub fn set_bucket(&mut self, id: u64, tat_ns: u64) {
-        self.put(id, tat_ns, 0);
+        self.put(id, stored_tat(tat_ns), 0);
     }
 
     /// A fleet limit's lease; a fresh one (local mode, a call due) if it has none.
@@ -456,7 +460,7 @@ mod tests {
         r.set_adaptive_limit(37);
         assert_eq!(r.adaptive_limit(), Some(37));
         assert_eq!(r.in_flight(T0), 1, "L is not an in-flight entry");
-        assert_eq!(r.bucket(ADAPTIVE_LIMIT_TAG), 37, "one entry, found by its tag");
+        assert_eq!(r.find(ADAPTIVE_LIMIT_TAG).map(|(_, limit, _)| limit), Some(37), "one entry, found by its tag");
         r.prune(T0 + 10 * LEASE_NS, None);
         assert_eq!(r.adaptive_limit(), Some(37));
         assert_eq!(r.as_bytes().len(), ENTRY_BYTES, "the bucket and the dead instance went, L stayed");

@@ -29,7 +29,7 @@ pub const MAX_LIMITS: usize = 64;
 
 /// Size bounds, each chosen from what it costs (measured with `examples/config_cost.rs`; the
 /// figures are in the README's "Bounds" table). The whole configuration's bytes: parsing is
-/// linear in them (about 13 µs per KiB natively).
+/// linear in them (5 to 13 µs per KiB natively).
 pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
 /// Each class defines 5 counters per worker and costs about 58k wasm instructions to configure.
 pub const MAX_CLASSES: usize = 64;

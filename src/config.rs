@@ -31,7 +31,7 @@ pub const MAX_LIMITS: usize = 64;
 /// figures are in the README's "Bounds" table). The whole configuration's bytes: parsing is
 /// linear in them (5 to 13 µs per KiB natively).
 pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
-/// Each class defines 5 counters per worker and costs about 58k wasm instructions to configure.
+/// Each class defines 5 counters per worker and costs about 46k wasm instructions to configure.
 pub const MAX_CLASSES: usize = 64;
 /// A rule that is checked and does not match costs about 460 wasm instructions per request.
 pub const MAX_RULES: usize = 128;

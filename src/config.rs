@@ -12,6 +12,7 @@
 //! path. An object's unknown and repeated fields are reported in document order.
 
 use crate::adaptive::AdaptiveParams;
+use crate::classify::Needle;
 use crate::ids::{ClassId, LimitId};
 use crate::json::{self, Map, Value};
 use crate::lease::LeaseParams;
@@ -116,7 +117,7 @@ pub struct HeaderMatch {
 pub enum HeaderTest {
     Exact(Vec<u8>),
     Prefix(Vec<u8>),
-    Contains(Vec<u8>),
+    Contains(crate::classify::Needle),
     Present(bool),
 }
 
@@ -807,7 +808,7 @@ impl Compiler {
             "contains" => self
                 .string(&fpath, fv)
                 .filter(|s| self.at_most_bytes(&fpath, s, MAX_CONTAINS_BYTES))
-                .map(|s| HeaderTest::Contains(case(s))),
+                .map(|s| HeaderTest::Contains(Needle::new(case(s)))),
             _ => self.bool(&fpath, fv).map(HeaderTest::Present),
         };
         Some(HeaderMatch { slot: slot?, test: test?, ignore_case: ignore_case? })

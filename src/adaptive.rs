@@ -39,6 +39,10 @@
 //!    raise by rule 6 outlived its cause): each binding window then cuts by `descent_cut` until a
 //!    cut stops lowering latency (rule 6: the knee is passed), L reaches its floor, or a window
 //!    does not bind; the baselines follow latency down meanwhile.
+//! 8. **At the floor** nothing is left to cut, so rule 6 can never fire there: in a binding
+//!    window, latency past tolerance at the floor is taken as the database's own, and the
+//!    baselines rise to it as in rule 6. Without this, a baseline learned from a few fast
+//!    requests (a health check on the class's route) would hold L at its floor for good.
 //!
 //! Invariants: L is finite and within `[floor, ceiling]` after every update; every step is
 //! within `[max_decrease x L, L + max(1, growth x L)]`; a baseline moves at most
@@ -410,12 +414,16 @@ impl Controller {
         }
         let mut baseline_raised = false;
         let mut descend = false;
+        let tolerance_log2 = params.tolerance.max(1.0).log2();
         if let (Some(j), true) = (judgement, binding) {
             let cut_unanswered = self.last_cut.is_some_and(|cut| {
                 mean_in_flight <= (1.0 - CUT_SHARE) * cut.mean_in_flight
                     && cut.level_log2 - j.level <= MIN_DROP_LOG2.max(j.margin)
             });
-            if cut_unanswered {
+            // Rule 8: at the floor nothing is left to cut, so no cut can show that the excess is
+            // not ours: latency past tolerance there is taken as the database's own.
+            let stuck_at_floor = self.limit <= params.floor_f() && j.excess - j.margin > tolerance_log2 && !errors_cut;
+            if cut_unanswered || stuck_at_floor {
                 // Rule 6: concurrency fell and latency did not: the excess is not queueing.
                 baseline_raised = self.raise_to(window, params.intrinsic_raise_max_log2);
                 self.confirmed = true;
@@ -435,7 +443,6 @@ impl Controller {
         }
 
         // L (rule 4).
-        let tolerance_log2 = params.tolerance.max(1.0).log2();
         let latency_factor = judgement.map_or(1.0, |j| {
             let signal = (j.excess - j.margin).max(0.0);
             (tolerance_log2 - signal).min(0.0).exp2()

@@ -681,3 +681,25 @@ fn a_failing_upstream_cuts_the_limit_and_refusals_never_do() {
     assert!(f64::from(l_min) <= 0.5 * f64::from(l_before));
     assert_eq!(latency_cuts, 0, "refusals are not errors");
 }
+
+#[test]
+fn a_baseline_learned_from_health_checks_does_not_hold_the_limit_at_its_floor() {
+    let mut sim = Sim::new(9, one_class_overload(), db(), 160);
+    // The class's first samples are eight health checks through its route: 1 ms, no database.
+    let mut checks = WindowStats::with_classes(1);
+    for _ in 0..8 {
+        checks.record_completed(ClassId(0), 1_000);
+    }
+    let p = sim.params;
+    sim.controller.update(&checks, &p);
+    let run = sim.run(150);
+    let settled = run.settled_from(0.7 * K, 1.3 * K);
+    let floor_windows = run.limits().iter().filter(|&&l| l <= p.floor).count();
+    eprintln!(
+        "baseline from health checks (1 ms; requests take 20 ms): L {:?}..., {floor_windows} windows at the floor, \
+         within 30% of k from window {settled:?}, final {}",
+        &run.limits()[..40],
+        run.limits()[149]
+    );
+    assert!(settled.is_some_and(|w| w <= 60), "{:?}", run.limits());
+}

@@ -475,7 +475,12 @@ fn every_step_is_bounded_whatever_the_window_says() {
         let change = c.update(&w, &p);
         let (from, to) = (f64::from(change.from), f64::from(change.to));
         assert!((4..=160).contains(&change.to), "{change:?}");
-        assert!(to >= (0.5 * before.limit).floor() - 1.0 && to <= from + (0.1 * from).max(1.0) + 1.0, "{change:?}");
+        // A cut acts on what was reached: L when binding, else the peak in flight.
+        let peak = w.peak_in_flight as f64;
+        let binding = w.refused > 0 || peak >= from;
+        let reached = if binding || peak < 1.0 { before.limit } else { before.limit.min(peak) };
+        let lowest = (0.5 * reached).floor().max(4.0) - 1.0;
+        assert!(to >= lowest && to <= from + (0.1 * from).max(1.0) + 1.0, "{change:?}");
         for (b0, b1) in before.baselines.iter().zip(&c.baselines) {
             if let (Some(b0), Some(b1)) = (b0, b1) {
                 assert!(b1 - b0 >= -1.0 - 1e-9 && b1 - b0 <= p.intrinsic_raise_max_log2 + 1e-9, "{b0} -> {b1}");
@@ -702,4 +707,39 @@ fn a_baseline_learned_from_health_checks_does_not_hold_the_limit_at_its_floor() 
         run.limits()[149]
     );
     assert!(settled.is_some_and(|w| w <= 60), "{:?}", run.limits());
+}
+
+#[test]
+fn a_sudden_surge_while_the_limit_is_far_above_the_traffic_is_cut_from_what_was_reached() {
+    // A ceiling far above the database (1000, floor 20), two calm seconds: L has decayed only a
+    // little, and nothing has ever bound when a 10x surge arrives.
+    let mut sim = Sim::new(12, storefront(), db(), 160);
+    sim.params = AdaptiveParams { ceiling: 1000, floor: 20, ..sim.params };
+    sim.controller = Controller::new(3, 1000, &sim.params);
+    let calm = sim.run(10);
+    sim.surge(10.0);
+    let first = sim.run(1);
+    let next = sim.run(4);
+    let rest = sim.run(45);
+    eprintln!(
+        "10x surge with L at {} (ceiling 1000): after the first window L {:?} (upstream errors in it {}, checkout {:.1}% \
+         served); the next 4 windows L {:?}, upstream errors {}, checkout {:.1}% served; the 9 s after: L {}..{}, \
+         checkout {:.2}% served, upstream errors {}",
+        calm.limits()[9],
+        first.limits(),
+        first.errors,
+        100.0 * first.classes[0].served_share(),
+        next.limits(),
+        next.errors,
+        100.0 * next.classes[0].served_share(),
+        rest.limits().iter().min().copied().unwrap_or(0),
+        rest.limits().iter().max().copied().unwrap_or(0),
+        100.0 * rest.classes[0].served_share(),
+        rest.errors,
+    );
+    // The first window admits what L let in; its cut lands on the concurrency reached, so the
+    // next window already binds near the knee.
+    assert!(first.limits()[0] <= 60, "cut to what was reached: {:?}", first.limits());
+    assert_eq!(next.errors + rest.errors, 0, "after the first window the queue bound is never reached");
+    assert!(rest.classes[0].served_share() >= 0.99);
 }

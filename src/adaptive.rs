@@ -13,7 +13,9 @@
 //! 2. **Latency**: each class's geometric mean is compared with that class's baseline, weighted
 //!    by the window's class mix, so a shift toward a slow class is not read as queueing. The excess
 //!    (log2) less twice its standard error is the signal `s`; `gradient = clamp(tolerance / 2^s,
-//!    0.5, 1)` (Gradient2's shape, with sampling noise taken out instead of smoothed in).
+//!    0.5, 1)` (Gradient2's shape, with sampling noise taken out instead of smoothed in). A window
+//!    with fewer than `min_samples` completions is not judged: its completions are carried into
+//!    the next window's judgement (a low L on a slow database completes few requests a window).
 //! 3. **Errors**: more than `error_share` of the window's outcomes upstream errors (and at least
 //!    `min_errors`): a cut by `1 - error share`, at most `error_cut` and at least `max_decrease`.
 //!    Refusals by surgeguard are never errors.
@@ -296,8 +298,14 @@ pub struct Controller {
     /// False while the baselines come only from binding windows (rule 7).
     confirmed: bool,
     last_cut: Option<CutMark>,
+    /// Per class: completions of windows too few to judge (fewer than `min_samples` in all),
+    /// carried into the next window's judgement: a low L on a slow database completes only a
+    /// few requests a window, and would otherwise never be judged again.
+    carried: Vec<ClassWindow>,
 }
 
+/// Words per class in [`Controller::to_words`].
+const CLASS_WORDS: usize = 8;
 /// How many standard errors of the window's mean are taken as noise.
 const NOISE_Z: f64 = 2.0;
 /// A drop smaller than this (log2 of 1.05) is no drop.
@@ -316,6 +324,7 @@ impl Controller {
             pending: vec![ClassWindow::default(); classes],
             confirmed: false,
             last_cut: None,
+            carried: vec![ClassWindow::default(); classes],
         }
     }
 
@@ -335,14 +344,15 @@ impl Controller {
     }
 
     /// The state as words, for shared storage (read back by [`Controller::from_words`]):
-    /// L, flags, the last cut, then per class its baseline and pending completions.
+    /// L, flags, the last cut, then per class its baseline, pending and carried completions.
     pub fn to_words(&self) -> Vec<u64> {
         let cut = self.last_cut.unwrap_or(CutMark { level_log2: 0.0, mean_in_flight: 0.0 });
         let flags = u64::from(self.confirmed) | u64::from(self.last_cut.is_some()) << 1;
         let mut words = vec![self.limit.to_bits(), flags, cut.level_log2.to_bits(), cut.mean_in_flight.to_bits()];
         words.push(self.baselines.len() as u64);
-        for (b, p) in self.baselines.iter().zip(&self.pending) {
+        for ((b, p), c) in self.baselines.iter().zip(&self.pending).zip(&self.carried) {
             words.extend([u64::from(b.is_some()), b.unwrap_or(0.0).to_bits(), p.completed, p.log2_sum, p.log2_sq_sum]);
+            words.extend([c.completed, c.log2_sum, c.log2_sq_sum]);
         }
         words
     }
@@ -350,21 +360,25 @@ impl Controller {
     /// The state [`Controller::to_words`] wrote; `None` if the words are not such a state.
     pub fn from_words(words: &[u64]) -> Option<Controller> {
         let (&[limit, flags, level, mean, classes], rest) = words.split_first_chunk::<5>()?;
-        let classes = usize::try_from(classes).ok().filter(|&n| rest.len() == 5 * n)?;
+        let classes = usize::try_from(classes).ok().filter(|&n| rest.len() == CLASS_WORDS * n)?;
         let limit = f64::from_bits(limit);
         if !limit.is_finite() {
             return None;
         }
         let mut baselines = Vec::with_capacity(classes);
         let mut pending = Vec::with_capacity(classes);
-        for c in rest.chunks_exact(5) {
-            let &[has, base, completed, log2_sum, log2_sq_sum] = c else { return None };
+        let mut carried = Vec::with_capacity(classes);
+        for c in rest.chunks_exact(CLASS_WORDS) {
+            let &[has, base, completed, log2_sum, log2_sq_sum, c_completed, c_log2_sum, c_log2_sq_sum] = c else {
+                return None;
+            };
             baselines.push((has != 0).then(|| f64::from_bits(base)).filter(|b| b.is_finite()));
             pending.push(ClassWindow { completed, log2_sum, log2_sq_sum });
+            carried.push(ClassWindow { completed: c_completed, log2_sum: c_log2_sum, log2_sq_sum: c_log2_sq_sum });
         }
         let last_cut = (flags & 2 != 0)
             .then(|| CutMark { level_log2: f64::from_bits(level), mean_in_flight: f64::from_bits(mean) });
-        Some(Controller { limit, baselines, pending, confirmed: flags & 1 != 0, last_cut })
+        Some(Controller { limit, baselines, pending, confirmed: flags & 1 != 0, last_cut, carried })
     }
 
     /// The baselines weighted by `window`'s class mix (a geometric mean), in microseconds:
@@ -387,12 +401,22 @@ impl Controller {
         let completed = window.completed();
         if completed == 0 && window.errors == 0 && window.refused == 0 {
             self.last_cut = None;
+            self.carried.iter_mut().for_each(|c| *c = ClassWindow::default());
             return Change { from, to: from, cause: Cause::Idle, baseline_raised: false };
         }
-        if self.baselines.len() < window.classes.len() {
-            self.baselines.resize(window.classes.len(), None);
-            self.pending.resize(window.classes.len(), ClassWindow::default());
+        let classes = window.classes.len().max(self.baselines.len());
+        self.baselines.resize(classes, None);
+        self.pending.resize(classes, ClassWindow::default());
+        self.carried.resize(classes, ClassWindow::default());
+        // The latency judged: this window's completions and those carried from windows too few
+        // to judge.
+        let mut sample = window.clone();
+        sample.classes.resize(classes, ClassWindow::default());
+        for (s, c) in sample.classes.iter_mut().zip(&mut self.carried) {
+            s.merge(c);
+            *c = ClassWindow::default();
         }
+        let judged = sample.completed();
         let binding = window.refused > 0 || window.peak_in_flight >= u64::from(from);
         let window_us = (params.window_ms.max(1) * 1_000) as f64;
         let mean_in_flight = window.latency_us_sum as f64 / window_us;
@@ -407,11 +431,15 @@ impl Controller {
             1.0
         };
 
-        // Latency (rule 2); a class first seen under load gets its baseline (rule 7).
-        let mut judgement = (completed >= params.min_samples).then(|| self.judge(window));
+        // Latency (rule 2); a class first seen under load gets its baseline (rule 7). Too few
+        // completions to judge are carried into the next window.
+        let mut judgement = (judged >= params.min_samples).then(|| self.judge(&sample));
+        if judgement.is_none() {
+            self.carried.clone_from(&sample.classes);
+        }
         if let (Some(j), true) = (judgement, binding || errors_cut) {
-            if self.adopt(window, j.excess, params) {
-                judgement = Some(self.judge(window));
+            if self.adopt(&sample, j.excess, params) {
+                judgement = Some(self.judge(&sample));
             }
         }
         let mut baseline_raised = false;
@@ -427,10 +455,10 @@ impl Controller {
             let stuck_at_floor = self.limit <= params.floor_f() && j.excess - j.margin > tolerance_log2 && !errors_cut;
             if cut_unanswered || stuck_at_floor {
                 // Rule 6: concurrency fell and latency did not: the excess is not queueing.
-                baseline_raised = self.raise_to(window, params.intrinsic_raise_max_log2);
+                baseline_raised = self.raise_to(&sample, params.intrinsic_raise_max_log2);
                 self.confirmed = true;
-                judgement = Some(self.judge(window));
-            } else if j.excess < -(j.margin + STALE_LOG2) {
+                judgement = Some(self.judge(&sample));
+            } else if self.stale(&sample, params.min_samples) {
                 // Latency well under the baselines while binding: they are stale (the database
                 // got faster, or a raise by rule 6 outlived its cause): measure them again.
                 self.confirmed = false;
@@ -487,8 +515,10 @@ impl Controller {
         }
         self.limit = if limit.is_finite() { within(limit, floor, ceiling) } else { within(old, floor, ceiling) };
 
-        // Baselines (rule 5).
-        self.learn(window, binding || errors_cut, params);
+        // Baselines (rule 5): under load from the judged sample (a baseline may only fall), else
+        // from this window's completions (pending ones gather on their own).
+        let loaded = binding || errors_cut;
+        self.learn(if loaded && judgement.is_some() { &sample } else { window }, loaded, params);
         self.last_cut = judgement.filter(|_| self.limit < old).map(|j| CutMark { level_log2: j.level, mean_in_flight });
         Change { from, to: self.limit(), cause, baseline_raised }
     }
@@ -515,6 +545,23 @@ impl Controller {
         let n_all = n_all.max(1.0);
         let variance = dev_sq / n_all;
         Judgement { excess, margin: NOISE_Z * (variance / n_all).sqrt(), level: level_sum / n_all }
+    }
+
+    /// Rule 7: the baselines are stale when the classes measured well enough to tell (at least
+    /// `min_samples` completions) run more than 10% under them beyond noise. A rare class is left
+    /// out: its baseline can only be re-learned from `min_samples` completions in a window, and a
+    /// stale one would otherwise keep the baselines stale for good (a descent every few windows).
+    fn stale(&self, sample: &WindowStats, min_samples: u64) -> bool {
+        let (mut n, mut excess_sum, mut dev_sq) = (0.0, 0.0, 0.0);
+        for (c, b) in sample.classes.iter().zip(&self.baselines) {
+            if let (Some(b), true) = (b, c.completed >= min_samples.max(1)) {
+                let k = c.completed as f64;
+                n += k;
+                excess_sum += k * (c.mean_log2() - b);
+                dev_sq += c.deviations_sq();
+            }
+        }
+        n > 0.0 && excess_sum / n < -(NOISE_Z * (dev_sq / n / n).sqrt() + STALE_LOG2)
     }
 
     /// Rule 7: a class seen under load with enough samples and no baseline yet is assumed to

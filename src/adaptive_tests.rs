@@ -743,3 +743,51 @@ fn a_sudden_surge_while_the_limit_is_far_above_the_traffic_is_cut_from_what_was_
     assert_eq!(next.errors + rest.errors, 0, "after the first window the queue bound is never reached");
     assert!(rest.classes[0].served_share() >= 0.99);
 }
+
+/// The end-to-end test's setup (tests/e2e/tests/adaptive.rs) on simulated time: a database with
+/// 8 connections and 40 ms queries, checkout 1 in 20 (no reserve), browse (reserve 0.25), 1.5x
+/// the database's capacity; the database 3x slower, then restored.
+fn e2e_setup(seed: u64) -> (Phase, Phase, Phase) {
+    let k = 8.0;
+    let rate = 300.0;
+    let classes = vec![
+        ClassSpec { reserve: 0.0, rate_per_s: rate / 20.0, work_ms: 40.0 },
+        ClassSpec { reserve: 0.25, rate_per_s: rate * 19.0 / 20.0, work_ms: 40.0 },
+    ];
+    let mut sim = Sim::new(seed, classes, Db { k, queue_bound: 32, ..db() }, 160);
+    sim.set_rates(&[70.0 / rate, 70.0 / rate]);
+    sim.run(20); // calm, as in the end-to-end test: 4 s at 70/s
+    sim.set_rates(&[1.0, 1.0]);
+    let surge = sim.run(60);
+    sim.db.slowdown = 3.0;
+    let slow = sim.run(50);
+    sim.db.slowdown = 1.0;
+    let restored = sim.run(50);
+    (surge, slow, restored)
+}
+
+fn median(v: &[u32]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).map_or(0.0, |&m| f64::from(m))
+}
+
+#[test]
+fn after_the_database_recovers_the_limit_returns_to_where_the_surge_had_settled() {
+    for seed in 1..=5 {
+        let (surge, slow, restored) = e2e_setup(seed);
+        let settled = median(&surge.limits()[40..]);
+        let back = restored.settled_from(0.7 * settled, 1.3 * settled);
+        let tail = median(&restored.limits()[30..]);
+        eprintln!(
+            "seed {seed}: L settled at {settled} in the surge, {}..{} while 3x slower, restored: back within 30% from \
+             window {back:?}, median of the last 20 windows {tail}; database mean in flight {:.1} / {:.1} / {:.1}",
+            slow.limits().iter().min().copied().unwrap_or(0),
+            slow.limits().iter().max().copied().unwrap_or(0),
+            surge.mean_in_flight(20),
+            slow.mean_in_flight(20),
+            restored.mean_in_flight(20),
+        );
+        assert!((tail - settled).abs() <= 0.3 * settled, "seed {seed}: {:?}", restored.limits());
+    }
+}

@@ -20,7 +20,8 @@
 //!    `min_errors`): a cut by `1 - error share`, at most `error_cut` and at least `max_decrease`.
 //!    Refusals by surgeguard are never errors.
 //! 4. **L**: the smallest of the cuts applies to the concurrency that was reached (L when the
-//!    limit binds, else the peak in flight), never below `max_decrease` times it; with no cut, L
+//!    limit binds, else at most `headroom` times the peak in flight), never below `max_decrease`
+//!    times it; with no cut, L
 //!    grows by `max(1, growth x L)` only while the limit binds (refusals, or the peak in flight at
 //!    L) and the excess is under `grow_tolerance`; not binding, L decays toward
 //!    `headroom x peak in flight` by `idle_decay` a window; always within `[floor, ceiling]`.
@@ -48,8 +49,8 @@
 //!    requests (a health check on the class's route) would hold L at its floor for good.
 //!
 //! Invariants: L is finite and within `[floor, ceiling]` after every update; every step is
-//! within `[max_decrease x min(L, reached), L + max(1, growth x L)]` (reached: the peak in flight
-//! when the limit did not bind); a baseline moves at most
+//! within `[max_decrease x min(L, reached), L + max(1, growth x L)]` (reached: `headroom` times
+//! the peak in flight when the limit did not bind); a baseline moves at most
 //! `intrinsic_raise_max_log2` up (rule 6) or halves down in one window.
 
 use crate::ids::ClassId;
@@ -495,9 +496,10 @@ impl Controller {
         let mut limit = old;
         if factor < 1.0 {
             // A cut acts on the concurrency that caused the latency or the errors: while the
-            // limit did not bind that is the peak in flight, not L, which nothing reached (from a
-            // ceiling far above the traffic, cutting L would take windows to reach it).
-            let reached = window.peak_in_flight as f64;
+            // limit did not bind, L counts for no more than `headroom` times the peak in flight
+            // (what the idle decay keeps), since nothing reached it (from a ceiling far above the
+            // traffic, cutting L itself would take windows to come down to it).
+            let reached = params.headroom.max(1.0) * window.peak_in_flight as f64;
             let base = if binding || reached < 1.0 { old } else { old.min(reached) };
             limit = base * factor.max(within(params.max_decrease, 0.0, 1.0));
         } else if binding {

@@ -475,10 +475,10 @@ fn every_step_is_bounded_whatever_the_window_says() {
         let change = c.update(&w, &p);
         let (from, to) = (f64::from(change.from), f64::from(change.to));
         assert!((4..=160).contains(&change.to), "{change:?}");
-        // A cut acts on what was reached: L when binding, else the peak in flight.
+        // A cut acts on what was reached: L when binding, else at most twice the peak in flight.
         let peak = w.peak_in_flight as f64;
         let binding = w.refused > 0 || peak >= from;
-        let reached = if binding || peak < 1.0 { before.limit } else { before.limit.min(peak) };
+        let reached = if binding || peak < 1.0 { before.limit } else { before.limit.min(2.0 * peak) };
         let lowest = (0.5 * reached).floor().max(4.0) - 1.0;
         assert!(to >= lowest && to <= from + (0.1 * from).max(1.0) + 1.0, "{change:?}");
         for (b0, b1) in before.baselines.iter().zip(&c.baselines) {
@@ -737,10 +737,11 @@ fn a_sudden_surge_while_the_limit_is_far_above_the_traffic_is_cut_from_what_was_
         100.0 * rest.classes[0].served_share(),
         rest.errors,
     );
-    // The first window admits what L let in; its cut lands on the concurrency reached, so the
-    // next window already binds near the knee.
-    assert!(first.limits()[0] <= 60, "cut to what was reached: {:?}", first.limits());
-    assert_eq!(next.errors + rest.errors, 0, "after the first window the queue bound is never reached");
+    // The first window admits what L let in (up to the queue bound, 64); its cut lands on twice
+    // the concurrency reached, not on L, so the next window already binds near the knee.
+    assert!(first.limits()[0] <= 65, "cut from twice what was reached: {:?}", first.limits());
+    assert!(next.errors <= 10, "the queue bound is reached at most a few times more (cutting L itself: 1,524)");
+    assert_eq!(rest.errors, 0);
     assert!(rest.classes[0].served_share() >= 0.99);
 }
 

@@ -24,7 +24,8 @@
 //!    times it; with no cut, L
 //!    grows by `max(1, growth x L)` only while the limit binds (refusals, or the peak in flight at
 //!    L) and the excess is under `grow_tolerance`; not binding, L decays toward
-//!    `headroom x peak in flight` by `idle_decay` a window; always within `[floor, ceiling]`.
+//!    `headroom x peak in flight` by `idle_decay` or `idle_gap_share` of the gap a window,
+//!    whichever is more; always within `[floor, ceiling]`.
 //! 5. **Baselines** (one per class, log2 microseconds) learn only from windows where the limit
 //!    does not bind and no error cut applies, `min_samples` completions at a time (a rare class
 //!    gathers them over several windows): down fast (half the gap, at most halving), up slowly
@@ -47,6 +48,11 @@
 //!    window, latency past tolerance at the floor is taken as the database's own, and the
 //!    baselines rise to it as in rule 6. Without this, a baseline learned from a few fast
 //!    requests (a health check on the class's route) would hold L at its floor for good.
+//! 9. **A cut settles**: the requests in flight when L was cut complete over about one latency,
+//!    so for the whole windows in that latency (at most [`MAX_SETTLING`]) the window's latency is
+//!    still the one that was cut for: it is not acted on (no cut, no growth, rules 6 to 8 wait),
+//!    and rule 6 then compares with the cut. Errors still cut. With latency under a window
+//!    (20 to 150 ms queries, 200 ms windows) nothing waits.
 //!
 //! Invariants: L is finite and within `[floor, ceiling]` after every update; every step is
 //! within `[max_decrease x min(L, reached), L + max(1, growth x L)]` (reached: `headroom` times
@@ -198,6 +204,10 @@ pub struct AdaptiveParams {
     /// a window (default 0.98, i.e. 2%).
     pub headroom: f64,
     pub idle_decay: f64,
+    /// Not binding: L also closes at least this share of its gap to the target a window (default
+    /// 0.1), so a limit far above the traffic (at a ceiling of 1000) comes down within seconds,
+    /// not the minute that 2% a window takes, and a surge finds it near twice the calm peak.
+    pub idle_gap_share: f64,
     /// Baselines rise by this share of the gap (default 0.05), at most `baseline_up_max_log2`
     /// a window (default 0.03: 2%).
     pub baseline_up_weight: f64,
@@ -224,6 +234,7 @@ impl AdaptiveParams {
             min_samples: 8,
             headroom: 2.0,
             idle_decay: 0.98,
+            idle_gap_share: 0.1,
             baseline_up_weight: 0.05,
             baseline_up_max_log2: 0.03,
             intrinsic_raise_max_log2: 1.6,
@@ -299,12 +310,17 @@ pub struct Controller {
     /// False while the baselines come only from binding windows (rule 7).
     confirmed: bool,
     last_cut: Option<CutMark>,
+    /// Windows left after a cut whose completions are still mostly requests admitted before it
+    /// (about one latency): their latency cannot show the cut's effect, so it is not acted on.
+    settling: u32,
     /// Per class: completions of windows too few to judge (fewer than `min_samples` in all),
     /// carried into the next window's judgement: a low L on a slow database completes only a
     /// few requests a window, and would otherwise never be judged again.
     carried: Vec<ClassWindow>,
 }
 
+/// The most windows a cut's settling lasts (its latency measured one latency later).
+const MAX_SETTLING: u32 = 4;
 /// Words per class in [`Controller::to_words`].
 const CLASS_WORDS: usize = 8;
 /// How many standard errors of the window's mean are taken as noise.
@@ -325,6 +341,7 @@ impl Controller {
             pending: vec![ClassWindow::default(); classes],
             confirmed: false,
             last_cut: None,
+            settling: 0,
             carried: vec![ClassWindow::default(); classes],
         }
     }
@@ -348,7 +365,9 @@ impl Controller {
     /// L, flags, the last cut, then per class its baseline, pending and carried completions.
     pub fn to_words(&self) -> Vec<u64> {
         let cut = self.last_cut.unwrap_or(CutMark { level_log2: 0.0, mean_in_flight: 0.0 });
-        let flags = u64::from(self.confirmed) | u64::from(self.last_cut.is_some()) << 1;
+        let flags = u64::from(self.confirmed)
+            | u64::from(self.last_cut.is_some()) << 1
+            | u64::from(self.settling.min(MAX_SETTLING)) << 8;
         let mut words = vec![self.limit.to_bits(), flags, cut.level_log2.to_bits(), cut.mean_in_flight.to_bits()];
         words.push(self.baselines.len() as u64);
         for ((b, p), c) in self.baselines.iter().zip(&self.pending).zip(&self.carried) {
@@ -379,7 +398,8 @@ impl Controller {
         }
         let last_cut = (flags & 2 != 0)
             .then(|| CutMark { level_log2: f64::from_bits(level), mean_in_flight: f64::from_bits(mean) });
-        Some(Controller { limit, baselines, pending, confirmed: flags & 1 != 0, last_cut, carried })
+        let settling = ((flags >> 8) & 0xFF) as u32;
+        Some(Controller { limit, baselines, pending, confirmed: flags & 1 != 0, last_cut, settling, carried })
     }
 
     /// The baselines weighted by `window`'s class mix (a geometric mean), in microseconds:
@@ -402,6 +422,7 @@ impl Controller {
         let completed = window.completed();
         if completed == 0 && window.errors == 0 && window.refused == 0 {
             self.last_cut = None;
+            self.settling = 0;
             self.carried.iter_mut().for_each(|c| *c = ClassWindow::default());
             return Change { from, to: from, cause: Cause::Idle, baseline_raised: false };
         }
@@ -433,9 +454,12 @@ impl Controller {
         };
 
         // Latency (rule 2); a class first seen under load gets its baseline (rule 7). Too few
-        // completions to judge are carried into the next window.
-        let mut judgement = (judged >= params.min_samples).then(|| self.judge(&sample));
-        if judgement.is_none() {
+        // completions to judge are carried into the next window. While a cut settles (rule 9)
+        // the latency is of requests admitted before it: not judged, and not carried.
+        let settling = self.settling > 0;
+        self.settling = self.settling.saturating_sub(1);
+        let mut judgement = (judged >= params.min_samples && !settling).then(|| self.judge(&sample));
+        if judgement.is_none() && !settling {
             self.carried.clone_from(&sample.classes);
         }
         if let (Some(j), true) = (judgement, binding || errors_cut) {
@@ -511,7 +535,9 @@ impl Controller {
         } else {
             let target = (params.headroom * window.peak_in_flight as f64).max(floor);
             if old > target {
-                limit = (old * within(params.idle_decay, 0.0, 1.0)).max(target);
+                let by_share = old * within(params.idle_decay, 0.0, 1.0);
+                let by_gap = old - within(params.idle_gap_share, 0.0, 1.0) * (old - target);
+                limit = by_share.min(by_gap).max(target);
                 cause = Cause::Decayed;
             }
         }
@@ -521,7 +547,15 @@ impl Controller {
         // from this window's completions (pending ones gather on their own).
         let loaded = binding || errors_cut;
         self.learn(if loaded && judgement.is_some() { &sample } else { window }, loaded, params);
-        self.last_cut = judgement.filter(|_| self.limit < old).map(|j| CutMark { level_log2: j.level, mean_in_flight });
+        if factor < 1.0 {
+            // Rule 9: the requests in flight at the cut complete over about one latency; the
+            // windows until then show the latency from before the cut.
+            self.settling = judgement.map_or(0, |j| settling_windows(j.level, window_us));
+        }
+        if !settling || self.limit < old {
+            self.last_cut =
+                judgement.filter(|_| self.limit < old).map(|j| CutMark { level_log2: j.level, mean_in_flight });
+        }
         Change { from, to: self.limit(), cause, baseline_raised }
     }
 
@@ -627,6 +661,17 @@ impl Controller {
             }
         }
         raised
+    }
+}
+
+/// Windows a cut settles for: whole windows in the latency `level_log2` (log2 microseconds),
+/// at most [`MAX_SETTLING`]. Latency under a window: none.
+fn settling_windows(level_log2: f64, window_us: f64) -> u32 {
+    let windows = level_log2.exp2() / window_us.max(1.0);
+    if windows.is_finite() && windows >= 1.0 {
+        (windows as u32).min(MAX_SETTLING)
+    } else {
+        0
     }
 }
 

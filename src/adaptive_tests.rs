@@ -413,7 +413,9 @@ fn without_binding_the_limit_never_grows_and_decays_toward_twice_the_peak() {
     let mut w = steady_window(10, 10_000, 100, 0, 0);
     w.peak_in_flight = 10;
     let change = c.update(&w, &p);
-    assert_eq!((change.to, change.cause), (98, Cause::Decayed));
+    assert_eq!((change.to, change.cause), (92, Cause::Decayed), "a tenth of the gap to 20");
+    let mut near = learned(21, &p);
+    assert_eq!(near.update(&w, &p).to, 20, "2% of L when that is more than a tenth of the gap");
     for _ in 0..500 {
         c.update(&w, &p);
     }
@@ -711,8 +713,8 @@ fn a_baseline_learned_from_health_checks_does_not_hold_the_limit_at_its_floor() 
 
 #[test]
 fn a_sudden_surge_while_the_limit_is_far_above_the_traffic_is_cut_from_what_was_reached() {
-    // A ceiling far above the database (1000, floor 20), two calm seconds: L has decayed only a
-    // little, and nothing has ever bound when a 10x surge arrives.
+    // A ceiling far above the database (1000, floor 20), two calm seconds: L is still far above
+    // the traffic (364), and nothing has ever bound when a 10x surge arrives.
     let mut sim = Sim::new(12, storefront(), db(), 160);
     sim.params = AdaptiveParams { ceiling: 1000, floor: 20, ..sim.params };
     sim.controller = Controller::new(3, 1000, &sim.params);

@@ -1,7 +1,7 @@
 //! The database's own incident: for the second half of the surge the database runs
 //! [`SLOWDOWN`] times slower by itself, whatever the load (in the postmortem the first signal was
-//! the database's latency). Every run of the main demo sees it at the same scheduled time, so
-//! the runs still differ only by the filter.
+//! the database's latency), reached over [`RAMP_S`] as the surge's rate is. Every run of the main
+//! demo sees it at the same scheduled time, so the runs still differ only by the filter.
 //!
 //! Invariant: the database is slowed only between `from_s` and `until_s` of the load's clock,
 //! and is back at full speed when the [`Driver`] is dropped.
@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// How many times slower every query runs while the database is slow.
 pub const SLOWDOWN: f64 = 3.0;
+/// How long the database takes to reach [`SLOWDOWN`] (linearly).
+pub const RAMP_S: f64 = 1.0;
 /// How often the driver looks at the load's clock.
 const STEP: Duration = Duration::from_millis(10);
 
@@ -39,10 +41,10 @@ impl Incident {
         t_s >= self.from_s && t_s < self.until_s
     }
 
-    /// The database's slowdown at `t_s`.
+    /// The database's slowdown at `t_s`: up over [`RAMP_S`], back at once at `until_s`.
     pub fn slowdown_at(&self, t_s: f64) -> f64 {
         if self.contains(t_s) {
-            self.slowdown
+            1.0 + (self.slowdown - 1.0) * ((t_s - self.from_s) / RAMP_S).clamp(0.0, 1.0)
         } else {
             1.0
         }
@@ -99,7 +101,9 @@ mod tests {
         let i = Incident::in_surge(&plan);
         assert_eq!((i.from_s, i.until_s), (12.0, 18.0));
         assert_eq!(i.slowdown_at(11.99), 1.0);
-        assert_eq!(i.slowdown_at(12.0), SLOWDOWN);
+        assert_eq!(i.slowdown_at(12.0), 1.0);
+        assert_eq!(i.slowdown_at(12.5), 2.0, "halfway up the ramp");
+        assert_eq!(i.slowdown_at(13.0), SLOWDOWN);
         assert_eq!(i.slowdown_at(17.99), SLOWDOWN);
         assert_eq!(i.slowdown_at(18.0), 1.0, "restored as the surge ends");
         assert_eq!(i.describe(), "the database 3x slower by itself from 12 s to 18 s");

@@ -558,7 +558,7 @@ fn adaptive_html(d: &Demo, figure: &Figure) -> String {
     let a = &d.summary.adaptive;
     let mut h = String::from("<h2>The static limit against the adaptive one</h2>\n");
     h.push_str(&format!(
-        "<p>The static run's in-flight limit (24, with reserves) was sized by hand from the database's pool and query time. The adaptive run replaces it with <code>{}</code>: no number sized from the database; the limit L follows the database's latency. {}. {}.</p>\n",
+        "<p>The static run's in-flight limit (24, with reserves) was sized by hand from the database's pool and query time. The adaptive run replaces it with <code>{}</code>: no number sized from the database; the limit L follows the database's latency. {}. {}. In the figure, L is dotted (above the panel's scale it is drawn at its top edge).</p>\n",
         report::escape(ADAPTIVE_CONCURRENCY),
         report::escape(&a.limit.map(|l| l.describe(&d.incident)).unwrap_or_else(|| "L was not sampled".into())),
         report::escape(&goodput_line(a)),

@@ -52,7 +52,10 @@ impl Incident {
 
     /// In words: "the database 3x slower from 12 s to 18 s".
     pub fn describe(&self) -> String {
-        format!("the database {}x slower by itself from {:.0} s to {:.0} s", self.slowdown, self.from_s, self.until_s)
+        format!(
+            "the database itself {}x slower from {:.0} s (reached over {RAMP_S:.0} s) to {:.0} s",
+            self.slowdown, self.from_s, self.until_s
+        )
     }
 }
 
@@ -106,6 +109,6 @@ mod tests {
         assert_eq!(i.slowdown_at(13.0), SLOWDOWN);
         assert_eq!(i.slowdown_at(17.99), SLOWDOWN);
         assert_eq!(i.slowdown_at(18.0), 1.0, "restored as the surge ends");
-        assert_eq!(i.describe(), "the database 3x slower by itself from 12 s to 18 s");
+        assert_eq!(i.describe(), "the database itself 3x slower from 12 s (reached over 1 s) to 18 s");
     }
 }

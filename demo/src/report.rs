@@ -236,7 +236,7 @@ pub fn svg(f: &Figure) -> String {
     }
     let mut items = vec![(a.label, FIRST, None), (b.label, WITH, None), ("pool size", "#555", Some("6 4"))];
     if with_limit {
-        items.push(("L (off the scale: at the top)", WITH, Some("2 2")));
+        items.push(("L, the adaptive limit", WITH, Some("2 2")));
     }
     legend(&mut svg, if with_limit { LEFT + 300.0 } else { LEFT + 440.0 }, TOP - 10.0, &items);
     let pool = f64::from(f.pool_size);

@@ -1,9 +1,9 @@
 //! The demo end to end: one schedule of requests, replayed three times through a real Envoy in
 //! front of a fresh storefront (without the filter; with surgeguard as shipped, whose in-flight
 //! limit is sized by hand; with surgeguard's in-flight limit adaptive and no sized number),
-//! measured, and written out as `summary.json`, `report.html`, `report.svg` (the figure alone)
-//! and `table.md`. In every run the database itself slows down for the second half of the
-//! surge ([`Incident`]).
+//! measured, and written out as `summary.json`, `report.html`, `report.svg` and
+//! `report-adaptive.svg` (its two figures alone) and `table.md`. In every run the database
+//! itself slows down for the second half of the surge ([`Incident`]).
 //!
 //! [`run`] is its phases: each arm (`start_arm`, the load, Envoy's stats) gives a [`Run`], the
 //! claims are checked, `summarise` gives the [`DemoSummary`], `write` the files.
@@ -519,7 +519,8 @@ fn settings(d: &Demo) -> String {
     )
 }
 
-/// `summary.json`, `report.html`, `report.svg` and `table.md` into `o.out_dir`.
+/// `summary.json`, `report.html`, `report.svg`, `report-adaptive.svg` and `table.md` into
+/// `o.out_dir`.
 fn write(o: &Options, d: &Demo) -> Result<Vec<PathBuf>, String> {
     let figure = Figure {
         title: report::surge_title(&d.plan, "through Envoy without and with surgeguard"),
@@ -542,12 +543,14 @@ fn write(o: &Options, d: &Demo) -> Result<Vec<PathBuf>, String> {
     };
     let html = report::html(&figure, &d.claims, &page);
     let svg = report::svg(&figure);
+    let adaptive_svg = report::svg(&adaptive_figure);
     write_outputs(
         &o.out_dir,
         &[
             ("summary.json", &summary),
             ("report.html", html.as_bytes()),
             ("report.svg", svg.as_bytes()),
+            ("report-adaptive.svg", adaptive_svg.as_bytes()),
             ("table.md", d.markdown_table.as_bytes()),
         ],
     )

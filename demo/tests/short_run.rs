@@ -101,4 +101,8 @@ fn a_short_demo_shows_the_outage_without_the_filter_and_the_protection_with_it()
     for external in ["<script", " src=", "href=", "@import", "url("] {
         assert!(!html.contains(external), "the report fetches nothing: {external}");
     }
+    // The static limit against the adaptive one, with L drawn against connections in use.
+    assert!(html.contains("The static limit against the adaptive one"));
+    let adaptive_svg = std::fs::read_to_string(out.path().join("report-adaptive.svg")).unwrap();
+    assert!(adaptive_svg.contains("the adaptive limit L") && adaptive_svg.contains("database"));
 }

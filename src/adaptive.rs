@@ -205,7 +205,7 @@ pub struct AdaptiveParams {
     pub headroom: f64,
     pub idle_decay: f64,
     /// Not binding: L also closes at least this share of its gap to the target a window (default
-    /// 0.1), so a limit far above the traffic (at a ceiling of 1000) comes down within seconds,
+    /// 0.25), so a limit far above the traffic (at a ceiling of 1000) comes down within seconds,
     /// not the minute that 2% a window takes, and a surge finds it near twice the calm peak.
     pub idle_gap_share: f64,
     /// Baselines rise by this share of the gap (default 0.05), at most `baseline_up_max_log2`
@@ -234,7 +234,7 @@ impl AdaptiveParams {
             min_samples: 8,
             headroom: 2.0,
             idle_decay: 0.98,
-            idle_gap_share: 0.1,
+            idle_gap_share: 0.25,
             baseline_up_weight: 0.05,
             baseline_up_max_log2: 0.03,
             intrinsic_raise_max_log2: 1.6,

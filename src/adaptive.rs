@@ -21,11 +21,10 @@
 //!    Refusals by surgeguard are never errors.
 //! 4. **L**: the smallest of the cuts applies to the concurrency that was reached (L when the
 //!    limit binds, else at most `headroom` times the peak in flight), never below `max_decrease`
-//!    times it; with no cut, L
-//!    grows by `max(1, growth x L)` only while the limit binds (refusals, or the peak in flight at
-//!    L) and the excess is under `grow_tolerance`; not binding, L decays toward
-//!    `headroom x peak in flight` by `idle_decay` or `idle_gap_share` of the gap a window,
-//!    whichever is more; always within `[floor, ceiling]`.
+//!    times it; with no cut, L grows by `max(1, growth x L)` only while the limit binds
+//!    (refusals, or the peak in flight at L) and the excess is under `grow_tolerance`; not
+//!    binding, L decays toward `headroom x peak in flight` by `idle_decay` or `idle_gap_share`
+//!    of the gap a window, whichever is more; always within `[floor, ceiling]`.
 //! 5. **Baselines** (one per class, log2 microseconds) learn only from windows where the limit
 //!    does not bind and no error cut applies, `min_samples` completions at a time (a rare class
 //!    gathers them over several windows): down fast (half the gap, at most halving), up slowly

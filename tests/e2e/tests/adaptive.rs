@@ -163,9 +163,10 @@ fn the_limit_finds_the_knee_falls_when_the_database_slows_and_comes_back_when_it
     let (lo, hi) = surge.limits(0.4);
     assert!(lo >= CONNECTIONS / 2 && hi <= 4 * CONNECTIONS, "L settled at {lo}..{hi}, knee {CONNECTIONS}");
     assert!(surge.db_peak(0.4) <= 2 * CONNECTIONS, "database peak {} once settled", surge.db_peak(0.4));
-    // The first second of the surge, while L comes down from where calm left it, exhausts the
-    // pool a few times; checkout is served from then on.
-    assert!(surge.served_pct("checkout") >= 90.0, "checkout {:.1}%", surge.served_pct("checkout"));
+    // Calm left L near twice the traffic in flight, so the surge meets it within a window or two;
+    // the first second may still admit past the knee (L acts once per window), so checkout is
+    // held to 95% in this phase, and served from then on.
+    assert!(surge.served_pct("checkout") >= 95.0, "checkout {:.1}%", surge.served_pct("checkout"));
     // The database slows: L does not climb (it falls when the surge left it above the knee; a
     // connection-bound database keeps its knee in connections, so L may already be there), and
     // the database stays below its pool.

@@ -1,7 +1,8 @@
-//! The report: one SVG figure (database connections in use over time, both runs; then per
-//! traffic kind, served / refused / failed per second, two runs side by side (without and with the
-//! filter; per-Envoy and fleet-wide limits),
-//! same scale per row) and a self-contained HTML page around it (no scripts, nothing fetched).
+//! The report: an SVG figure of two runs (database connections in use over time, both runs, with
+//! the adaptive limit L dotted for a run that has one and the database's own slowdown as a band;
+//! then per traffic kind, served / refused / failed per second, the two runs side by side: without
+//! and with the filter, the static and the adaptive limit, per-Envoy and fleet-wide limits; same
+//! scale per row) and a self-contained HTML page around it (no scripts, nothing fetched).
 //!
 //! Invariant: the figure is drawn only from the measured runs; every row of a kind shares one
 //! y scale, so the two runs compare at a glance.
@@ -395,7 +396,7 @@ code{background:#f3f3f3;padding:0 3px}svg{max-width:100%;height:auto}
 <ul>
 <li><b>served</b>: 2xx. <b>refused</b>: 429 or 503 from surgeguard (it names its cause in <code>x-surgeguard</code>). <b>failed</b>: anything else — mostly 500 from the storefront when no database connection came free within the pool-wait timeout, and client timeouts.</li>
 <li>Latency counts from the moment a request was due (open-loop load), for every request of the kind whatever its outcome; a refusal is fast, a failure is usually the pool-wait timeout.</li>
-<li>Both runs replay the same schedule of requests: the same offered load, request for request.</li>
+<li>Every run replays the same schedule of requests: the same offered load, request for request.</li>
 <li>The curves count requests by the second they were sent; the grey band is the surge, the tinted band the time the database itself was slower.</li>
 </ul>
 </body></html>

@@ -124,6 +124,17 @@ build_native() {
   export SURGEGUARD_NATIVE=$ROOT/dist/libsurgeguard_native.so
 }
 
+# The upgrade test's second module (tests/e2e/tests/upgrade.rs): the `test-next-format` feature
+# stands in for the next shared-state format (src/format.rs). Its own target dir, so the shipped
+# module's build is never touched; after the first build only the crate itself recompiles.
+NEXT_FORMAT_WASM=$ROOT/target/next-format/wasm32-wasip1/release/surgeguard.wasm
+build_next_format() {
+  say "building the upgrade test's next-format module (test only, never shipped)"
+  nice -n 10 cargo build -q --release --lib --target wasm32-wasip1 -p surgeguard \
+    --features test-next-format --target-dir target/next-format
+  export SURGEGUARD_WASM_NEXT_FORMAT=$NEXT_FORMAT_WASM
+}
+
 # Host tools built from crates.io are cached per machine (not per clone): CI's fresh clones
 # reuse them, a fresh machine builds them once.
 TOOLS_ROOT=${SURGEGUARD_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/surgeguard/tools}
@@ -250,6 +261,7 @@ NATIVE_E2E=(limits shedding keys reload adaptive fleet)
 test_all() {
   build
   build_native
+  build_next_format
   ensure_envoy
   ensure_wasm_bindgen_runner
   ensure_rls

@@ -13,14 +13,18 @@
 //! 2. **Latency**: each class's geometric mean is compared with that class's baseline, weighted
 //!    by the window's class mix, so a shift toward a slow class is not read as queueing. The excess
 //!    (log2) less twice its standard error is the signal `s`; `gradient = clamp(tolerance / 2^s,
-//!    0.5, 1)` (Gradient2's shape, with sampling noise taken out instead of smoothed in).
+//!    0.5, 1)` (Gradient2's shape, with sampling noise taken out instead of smoothed in). A window
+//!    with fewer than `min_samples` completions is not judged: its completions are carried into
+//!    the next window's judgement (a low L on a slow database completes few requests a window).
 //! 3. **Errors**: more than `error_share` of the window's outcomes upstream errors (and at least
 //!    `min_errors`): a cut by `1 - error share`, at most `error_cut` and at least `max_decrease`.
 //!    Refusals by surgeguard are never errors.
-//! 4. **L**: the smallest of the cuts applies (never below `max_decrease x L`); with no cut, L
-//!    grows by `max(1, growth x L)` only while the limit binds (refusals, or the peak in flight at
-//!    L) and the excess is under `grow_tolerance`; not binding, L decays toward
-//!    `headroom x peak in flight` by `idle_decay` a window; always within `[floor, ceiling]`.
+//! 4. **L**: the smallest of the cuts applies to the concurrency that was reached (L when the
+//!    limit binds, else at most `headroom` times the peak in flight), never below `max_decrease`
+//!    times it; with no cut, L grows by `max(1, growth x L)` only while the limit binds
+//!    (refusals, or the peak in flight at L) and the excess is under `grow_tolerance`; not
+//!    binding, L decays toward `headroom x peak in flight` by `idle_decay` or `idle_gap_share`
+//!    of the gap a window, whichever is more; always within `[floor, ceiling]`.
 //! 5. **Baselines** (one per class, log2 microseconds) learn only from windows where the limit
 //!    does not bind and no error cut applies, `min_samples` completions at a time (a rare class
 //!    gathers them over several windows): down fast (half the gap, at most halving), up slowly
@@ -39,9 +43,19 @@
 //!    raise by rule 6 outlived its cause): each binding window then cuts by `descent_cut` until a
 //!    cut stops lowering latency (rule 6: the knee is passed), L reaches its floor, or a window
 //!    does not bind; the baselines follow latency down meanwhile.
+//! 8. **At the floor** nothing is left to cut, so rule 6 can never fire there: in a binding
+//!    window, latency past tolerance at the floor is taken as the database's own, and the
+//!    baselines rise to it as in rule 6. Without this, a baseline learned from a few fast
+//!    requests (a health check on the class's route) would hold L at its floor for good.
+//! 9. **A cut settles**: the requests in flight when L was cut complete over about one latency,
+//!    so for the whole windows in that latency (at most [`MAX_SETTLING`]) the window's latency is
+//!    still the one that was cut for: it is not acted on (no cut, no growth, rules 6 to 8 wait),
+//!    and rule 6 then compares with the cut. Errors still cut. With latency under a window
+//!    (20 to 150 ms queries, 200 ms windows) nothing waits.
 //!
 //! Invariants: L is finite and within `[floor, ceiling]` after every update; every step is
-//! within `[max_decrease x L, L + max(1, growth x L)]`; a baseline moves at most
+//! within `[max_decrease x min(L, reached), L + max(1, growth x L)]` (reached: `headroom` times
+//! the peak in flight when the limit did not bind); a baseline moves at most
 //! `intrinsic_raise_max_log2` up (rule 6) or halves down in one window.
 
 use crate::ids::ClassId;
@@ -189,6 +203,10 @@ pub struct AdaptiveParams {
     /// a window (default 0.98, i.e. 2%).
     pub headroom: f64,
     pub idle_decay: f64,
+    /// Not binding: L also closes at least this share of its gap to the target a window (default
+    /// 0.25), so a limit far above the traffic (at a ceiling of 1000) comes down within seconds,
+    /// not the minute that 2% a window takes, and a surge finds it near twice the calm peak.
+    pub idle_gap_share: f64,
     /// Baselines rise by this share of the gap (default 0.05), at most `baseline_up_max_log2`
     /// a window (default 0.03: 2%).
     pub baseline_up_weight: f64,
@@ -215,6 +233,7 @@ impl AdaptiveParams {
             min_samples: 8,
             headroom: 2.0,
             idle_decay: 0.98,
+            idle_gap_share: 0.25,
             baseline_up_weight: 0.05,
             baseline_up_max_log2: 0.03,
             intrinsic_raise_max_log2: 1.6,
@@ -290,8 +309,19 @@ pub struct Controller {
     /// False while the baselines come only from binding windows (rule 7).
     confirmed: bool,
     last_cut: Option<CutMark>,
+    /// Windows left after a cut whose completions are still mostly requests admitted before it
+    /// (about one latency): their latency cannot show the cut's effect, so it is not acted on.
+    settling: u32,
+    /// Per class: completions of windows too few to judge (fewer than `min_samples` in all),
+    /// carried into the next window's judgement: a low L on a slow database completes only a
+    /// few requests a window, and would otherwise never be judged again.
+    carried: Vec<ClassWindow>,
 }
 
+/// The most windows a cut's settling lasts (its latency measured one latency later).
+const MAX_SETTLING: u32 = 4;
+/// Words per class in [`Controller::to_words`].
+const CLASS_WORDS: usize = 8;
 /// How many standard errors of the window's mean are taken as noise.
 const NOISE_Z: f64 = 2.0;
 /// A drop smaller than this (log2 of 1.05) is no drop.
@@ -310,6 +340,8 @@ impl Controller {
             pending: vec![ClassWindow::default(); classes],
             confirmed: false,
             last_cut: None,
+            settling: 0,
+            carried: vec![ClassWindow::default(); classes],
         }
     }
 
@@ -329,14 +361,17 @@ impl Controller {
     }
 
     /// The state as words, for shared storage (read back by [`Controller::from_words`]):
-    /// L, flags, the last cut, then per class its baseline and pending completions.
+    /// L, flags, the last cut, then per class its baseline, pending and carried completions.
     pub fn to_words(&self) -> Vec<u64> {
         let cut = self.last_cut.unwrap_or(CutMark { level_log2: 0.0, mean_in_flight: 0.0 });
-        let flags = u64::from(self.confirmed) | u64::from(self.last_cut.is_some()) << 1;
+        let flags = u64::from(self.confirmed)
+            | u64::from(self.last_cut.is_some()) << 1
+            | u64::from(self.settling.min(MAX_SETTLING)) << 8;
         let mut words = vec![self.limit.to_bits(), flags, cut.level_log2.to_bits(), cut.mean_in_flight.to_bits()];
         words.push(self.baselines.len() as u64);
-        for (b, p) in self.baselines.iter().zip(&self.pending) {
+        for ((b, p), c) in self.baselines.iter().zip(&self.pending).zip(&self.carried) {
             words.extend([u64::from(b.is_some()), b.unwrap_or(0.0).to_bits(), p.completed, p.log2_sum, p.log2_sq_sum]);
+            words.extend([c.completed, c.log2_sum, c.log2_sq_sum]);
         }
         words
     }
@@ -344,21 +379,26 @@ impl Controller {
     /// The state [`Controller::to_words`] wrote; `None` if the words are not such a state.
     pub fn from_words(words: &[u64]) -> Option<Controller> {
         let (&[limit, flags, level, mean, classes], rest) = words.split_first_chunk::<5>()?;
-        let classes = usize::try_from(classes).ok().filter(|&n| rest.len() == 5 * n)?;
+        let classes = usize::try_from(classes).ok().filter(|&n| rest.len() == CLASS_WORDS * n)?;
         let limit = f64::from_bits(limit);
         if !limit.is_finite() {
             return None;
         }
         let mut baselines = Vec::with_capacity(classes);
         let mut pending = Vec::with_capacity(classes);
-        for c in rest.chunks_exact(5) {
-            let &[has, base, completed, log2_sum, log2_sq_sum] = c else { return None };
+        let mut carried = Vec::with_capacity(classes);
+        for c in rest.chunks_exact(CLASS_WORDS) {
+            let &[has, base, completed, log2_sum, log2_sq_sum, c_completed, c_log2_sum, c_log2_sq_sum] = c else {
+                return None;
+            };
             baselines.push((has != 0).then(|| f64::from_bits(base)).filter(|b| b.is_finite()));
             pending.push(ClassWindow { completed, log2_sum, log2_sq_sum });
+            carried.push(ClassWindow { completed: c_completed, log2_sum: c_log2_sum, log2_sq_sum: c_log2_sq_sum });
         }
         let last_cut = (flags & 2 != 0)
             .then(|| CutMark { level_log2: f64::from_bits(level), mean_in_flight: f64::from_bits(mean) });
-        Some(Controller { limit, baselines, pending, confirmed: flags & 1 != 0, last_cut })
+        let settling = ((flags >> 8) & 0xFF) as u32;
+        Some(Controller { limit, baselines, pending, confirmed: flags & 1 != 0, last_cut, settling, carried })
     }
 
     /// The baselines weighted by `window`'s class mix (a geometric mean), in microseconds:
@@ -381,12 +421,23 @@ impl Controller {
         let completed = window.completed();
         if completed == 0 && window.errors == 0 && window.refused == 0 {
             self.last_cut = None;
+            self.settling = 0;
+            self.carried.iter_mut().for_each(|c| *c = ClassWindow::default());
             return Change { from, to: from, cause: Cause::Idle, baseline_raised: false };
         }
-        if self.baselines.len() < window.classes.len() {
-            self.baselines.resize(window.classes.len(), None);
-            self.pending.resize(window.classes.len(), ClassWindow::default());
+        let classes = window.classes.len().max(self.baselines.len());
+        self.baselines.resize(classes, None);
+        self.pending.resize(classes, ClassWindow::default());
+        self.carried.resize(classes, ClassWindow::default());
+        // The latency judged: this window's completions and those carried from windows too few
+        // to judge.
+        let mut sample = window.clone();
+        sample.classes.resize(classes, ClassWindow::default());
+        for (s, c) in sample.classes.iter_mut().zip(&mut self.carried) {
+            s.merge(c);
+            *c = ClassWindow::default();
         }
+        let judged = sample.completed();
         let binding = window.refused > 0 || window.peak_in_flight >= u64::from(from);
         let window_us = (params.window_ms.max(1) * 1_000) as f64;
         let mean_in_flight = window.latency_us_sum as f64 / window_us;
@@ -401,26 +452,37 @@ impl Controller {
             1.0
         };
 
-        // Latency (rule 2); a class first seen under load gets its baseline (rule 7).
-        let mut judgement = (completed >= params.min_samples).then(|| self.judge(window));
+        // Latency (rule 2); a class first seen under load gets its baseline (rule 7). Too few
+        // completions to judge are carried into the next window. While a cut settles (rule 9)
+        // the latency is of requests admitted before it: not judged, and not carried.
+        let settling = self.settling > 0;
+        self.settling = self.settling.saturating_sub(1);
+        let mut judgement = (judged >= params.min_samples && !settling).then(|| self.judge(&sample));
+        if judgement.is_none() && !settling {
+            self.carried.clone_from(&sample.classes);
+        }
         if let (Some(j), true) = (judgement, binding || errors_cut) {
-            if self.adopt(window, j.excess, params) {
-                judgement = Some(self.judge(window));
+            if self.adopt(&sample, j.excess, params) {
+                judgement = Some(self.judge(&sample));
             }
         }
         let mut baseline_raised = false;
         let mut descend = false;
+        let tolerance_log2 = params.tolerance.max(1.0).log2();
         if let (Some(j), true) = (judgement, binding) {
             let cut_unanswered = self.last_cut.is_some_and(|cut| {
                 mean_in_flight <= (1.0 - CUT_SHARE) * cut.mean_in_flight
                     && cut.level_log2 - j.level <= MIN_DROP_LOG2.max(j.margin)
             });
-            if cut_unanswered {
+            // Rule 8: at the floor nothing is left to cut, so no cut can show that the excess is
+            // not ours: latency past tolerance there is taken as the database's own.
+            let stuck_at_floor = self.limit <= params.floor_f() && j.excess - j.margin > tolerance_log2 && !errors_cut;
+            if cut_unanswered || stuck_at_floor {
                 // Rule 6: concurrency fell and latency did not: the excess is not queueing.
-                baseline_raised = self.raise_to(window, params.intrinsic_raise_max_log2);
+                baseline_raised = self.raise_to(&sample, params.intrinsic_raise_max_log2);
                 self.confirmed = true;
-                judgement = Some(self.judge(window));
-            } else if j.excess < -(j.margin + STALE_LOG2) {
+                judgement = Some(self.judge(&sample));
+            } else if self.stale(&sample, params.min_samples) {
                 // Latency well under the baselines while binding: they are stale (the database
                 // got faster, or a raise by rule 6 outlived its cause): measure them again.
                 self.confirmed = false;
@@ -435,7 +497,6 @@ impl Controller {
         }
 
         // L (rule 4).
-        let tolerance_log2 = params.tolerance.max(1.0).log2();
         let latency_factor = judgement.map_or(1.0, |j| {
             let signal = (j.excess - j.margin).max(0.0);
             (tolerance_log2 - signal).min(0.0).exp2()
@@ -457,7 +518,13 @@ impl Controller {
         let old = self.limit;
         let mut limit = old;
         if factor < 1.0 {
-            limit = old * factor.max(within(params.max_decrease, 0.0, 1.0));
+            // A cut acts on the concurrency that caused the latency or the errors: while the
+            // limit did not bind, L counts for no more than `headroom` times the peak in flight
+            // (what the idle decay keeps), since nothing reached it (from a ceiling far above the
+            // traffic, cutting L itself would take windows to come down to it).
+            let reached = params.headroom.max(1.0) * window.peak_in_flight as f64;
+            let base = if binding || reached < 1.0 { old } else { old.min(reached) };
+            limit = base * factor.max(within(params.max_decrease, 0.0, 1.0));
         } else if binding {
             let grow_log2 = within(params.grow_tolerance, 1.0, params.tolerance.max(1.0)).log2();
             if judgement.is_some_and(|j| j.excess <= grow_log2) && self.confirmed {
@@ -467,15 +534,27 @@ impl Controller {
         } else {
             let target = (params.headroom * window.peak_in_flight as f64).max(floor);
             if old > target {
-                limit = (old * within(params.idle_decay, 0.0, 1.0)).max(target);
+                let by_share = old * within(params.idle_decay, 0.0, 1.0);
+                let by_gap = old - within(params.idle_gap_share, 0.0, 1.0) * (old - target);
+                limit = by_share.min(by_gap).max(target);
                 cause = Cause::Decayed;
             }
         }
         self.limit = if limit.is_finite() { within(limit, floor, ceiling) } else { within(old, floor, ceiling) };
 
-        // Baselines (rule 5).
-        self.learn(window, binding || errors_cut, params);
-        self.last_cut = judgement.filter(|_| self.limit < old).map(|j| CutMark { level_log2: j.level, mean_in_flight });
+        // Baselines (rule 5): under load from the judged sample (a baseline may only fall), else
+        // from this window's completions (pending ones gather on their own).
+        let loaded = binding || errors_cut;
+        self.learn(if loaded && judgement.is_some() { &sample } else { window }, loaded, params);
+        if factor < 1.0 {
+            // Rule 9: the requests in flight at the cut complete over about one latency; the
+            // windows until then show the latency from before the cut.
+            self.settling = judgement.map_or(0, |j| settling_windows(j.level, window_us));
+        }
+        if !settling || self.limit < old {
+            self.last_cut =
+                judgement.filter(|_| self.limit < old).map(|j| CutMark { level_log2: j.level, mean_in_flight });
+        }
         Change { from, to: self.limit(), cause, baseline_raised }
     }
 
@@ -501,6 +580,23 @@ impl Controller {
         let n_all = n_all.max(1.0);
         let variance = dev_sq / n_all;
         Judgement { excess, margin: NOISE_Z * (variance / n_all).sqrt(), level: level_sum / n_all }
+    }
+
+    /// Rule 7: the baselines are stale when the classes measured well enough to tell (at least
+    /// `min_samples` completions) run more than 10% under them beyond noise. A rare class is left
+    /// out: its baseline can only be re-learned from `min_samples` completions in a window, and a
+    /// stale one would otherwise keep the baselines stale for good (a descent every few windows).
+    fn stale(&self, sample: &WindowStats, min_samples: u64) -> bool {
+        let (mut n, mut excess_sum, mut dev_sq) = (0.0, 0.0, 0.0);
+        for (c, b) in sample.classes.iter().zip(&self.baselines) {
+            if let (Some(b), true) = (b, c.completed >= min_samples.max(1)) {
+                let k = c.completed as f64;
+                n += k;
+                excess_sum += k * (c.mean_log2() - b);
+                dev_sq += c.deviations_sq();
+            }
+        }
+        n > 0.0 && excess_sum / n < -(NOISE_Z * (dev_sq / n / n).sqrt() + STALE_LOG2)
     }
 
     /// Rule 7: a class seen under load with enough samples and no baseline yet is assumed to
@@ -564,6 +660,17 @@ impl Controller {
             }
         }
         raised
+    }
+}
+
+/// Windows a cut settles for: whole windows in the latency `level_log2` (log2 microseconds),
+/// at most [`MAX_SETTLING`]. Latency under a window: none.
+fn settling_windows(level_log2: f64, window_us: f64) -> u32 {
+    let windows = level_log2.exp2() / window_us.max(1.0);
+    if windows.is_finite() && windows >= 1.0 {
+        (windows as u32).min(MAX_SETTLING)
+    } else {
+        0
     }
 }
 

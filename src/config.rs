@@ -12,6 +12,7 @@
 //! path. An object's unknown and repeated fields are reported in document order.
 
 use crate::adaptive::AdaptiveParams;
+use crate::classify::Needle;
 use crate::ids::{ClassId, LimitId};
 use crate::json::{self, Map, Value};
 use crate::lease::LeaseParams;
@@ -26,6 +27,29 @@ pub const MAX_BURST: u64 = 1_000_000_000;
 pub const MAX_WINDOW_S: f64 = 1e9;
 pub const MAX_IN_FLIGHT: u64 = 1_000_000;
 pub const MAX_LIMITS: usize = 64;
+
+/// Size bounds, each chosen from what it costs (measured with `examples/config_cost.rs`; the
+/// figures are in the README's "Bounds" table). The whole configuration's bytes: parsing is
+/// linear in them (5 to 13 µs per KiB natively).
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+/// Each class defines 5 counters per worker and costs about 46k wasm instructions to configure.
+pub const MAX_CLASSES: usize = 64;
+/// A rule that is checked and does not match costs about 460 wasm instructions per request.
+pub const MAX_RULES: usize = 128;
+/// A keyed limit costs about 10k wasm instructions and 2 to 4 shared-data calls per request it
+/// applies to.
+pub const MAX_KEYED_LIMITS: usize = 8;
+/// `max_keys` summed over every keyed limit: each key's slot holds about 140 bytes of Envoy's
+/// shared data, which is never freed.
+pub const MAX_TOTAL_KEYS: u64 = 1_000_000;
+/// Distinct request headers the rules, matches and keys read: each read is a host call.
+pub const MAX_HEADER_NAMES: usize = 16;
+pub const MAX_METHODS: usize = 16;
+pub const MAX_DESCRIPTOR_ENTRIES: usize = 16;
+/// Any string; names are 1 to 64 bytes.
+pub const MAX_STRING_BYTES: usize = 1024;
+/// A `contains` pattern: its worst case is about (value length x pattern length) steps.
+pub const MAX_CONTAINS_BYTES: usize = 256;
 pub const DEFAULT_SHED_RETRY_AFTER_S: u64 = 1;
 /// `concurrency.adaptive.tolerance` bounds.
 pub const MIN_TOLERANCE: f64 = 1.05;
@@ -93,7 +117,7 @@ pub struct HeaderMatch {
 pub enum HeaderTest {
     Exact(Vec<u8>),
     Prefix(Vec<u8>),
-    Contains(Vec<u8>),
+    Contains(crate::classify::Needle),
     Present(bool),
 }
 
@@ -250,35 +274,35 @@ const fn doc(path: &'static str, required: bool, default: &'static str, meaning:
 
 pub const REFERENCE: &[FieldDoc] = &[
     doc("mode", false, "\"enforce\"", "`\"enforce\"` refuses; `\"shadow\"` decides and counts the same way but never refuses (a would-be refusal takes no tokens and no slot)."),
-    doc("classes", false, "one class `default`", "Priority classes, most important first; at least one."),
+    doc("classes", false, "one class `default`", "Priority classes, most important first; 1 to 64."),
     doc("classes[].name", true, "", "Class name (1-64 of `A-Z a-z 0-9 _ -`), used in metrics and `x-surgeguard`."),
     doc("classes[].reserve", false, "0.0", "0.0-1.0: share of every capacity this class may not use. A bucket admits it only if `reserve x burst` tokens remain after the take; the in-flight limit only if `in_flight + 1 <= (1 - reserve) x max_in_flight`."),
     doc("default_class", false, "the last class", "Class of a request no rule matches."),
-    doc("rules", false, "[]", "Checked in order; the first whose `match` holds gives the class."),
+    doc("rules", false, "[]", "At most 128, checked in order; the first whose `match` holds gives the class."),
     doc("rules[].match", false, "every request", "Conditions, all of which must hold (see `match.*`)."),
     doc("rules[].class", true, "", "Name of a class."),
     doc("match.path_prefix", false, "", "The path (without query string) starts with this; must start with `/`."),
     doc("match.path", false, "", "The path (without query string) is exactly this."),
-    doc("match.methods", false, "", "Upper-case methods, e.g. `[\"POST\", \"PUT\"]`; one must equal the request's."),
-    doc("match.header", false, "", "A request header test: `name` and exactly one of `exact`, `prefix`, `contains`, `present`."),
+    doc("match.methods", false, "", "Upper-case methods, e.g. `[\"POST\", \"PUT\"]` (at most 16); one must equal the request's."),
+    doc("match.header", false, "", "A request header test: `name` and exactly one of `exact`, `prefix`, `contains`, `present`. A configuration reads at most 16 distinct header names (rules, matches and keys)."),
     doc("match.header.name", true, "", "Header name (case-insensitive)."),
     doc("match.header.exact", false, "", "The value equals this."),
     doc("match.header.prefix", false, "", "The value starts with this."),
-    doc("match.header.contains", false, "", "The value contains this."),
+    doc("match.header.contains", false, "", "The value contains this (at most 256 bytes)."),
     doc("match.header.present", false, "", "`true`: the header is there; `false`: it is absent."),
     doc("match.header.ignore_case", false, "false", "Compare values ignoring ASCII case."),
-    doc("limits", false, "[]", "Token buckets; a request must pass every limit whose `match` holds. Tokens are taken only when all admit."),
+    doc("limits", false, "[]", "Token buckets, at most 64 (at most 8 of them keyed); a request must pass every limit whose `match` holds. Tokens are taken only when all admit."),
     doc("limits[].name", true, "", "Limit name (1-64 of `A-Z a-z 0-9 _ -`), unique; used in metrics and headers."),
     doc("limits[].key", false, "\"global\"", "`\"global\"`: one bucket; `\"client_ip\"`: one per downstream address (needs `use_remote_address: true`); `{\"header\": NAME}`: one per header value, requests without it share one."),
     doc("limits[].key.header", true, "", "Header whose value keys the bucket."),
     doc("limits[].tokens_per_second", true, "", "Refill rate, > 0 and <= 1e9."),
     doc("limits[].burst", true, "", "Bucket size, a whole number >= 1; the bucket starts full."),
     doc("limits[].match", false, "every request", "Which requests this limit applies to (see `match.*`)."),
-    doc("limits[].max_keys", false, "10000", "Keyed limits only: most buckets held. A full (refilled) bucket gives up its slot; a new key finding none shares the limit's overflow bucket."),
+    doc("limits[].max_keys", false, "10000", "Keyed limits only: most buckets held, 1 to 1000000, and at most 1000000 over all keyed limits. A full (refilled) bucket gives up its slot; a new key finding none shares the limit's overflow bucket."),
     doc("limits[].fleet", false, "per Envoy", "Makes a `global` limit fleet-wide: every Envoy leases tokens from a rate limit service (Envoy's `envoy.service.ratelimit.v3` API: Limitador, envoyproxy/ratelimit) and spends them locally. Write the service's limit as `burst` hits per `burst / tokens_per_second` seconds. See docs/operations.md."),
     doc("limits[].fleet.cluster", true, "", "Envoy cluster of the rate limit service (HTTP/2)."),
     doc("limits[].fleet.domain", true, "", "The rate limit service's domain (Limitador's namespace)."),
-    doc("limits[].fleet.descriptor", false, "`[{\"key\": \"surgeguard_limit\", \"value\": <name>}]`", "The descriptor's entries sent with every lease call, matching the limit written in the service."),
+    doc("limits[].fleet.descriptor", false, "`[{\"key\": \"surgeguard_limit\", \"value\": <name>}]`", "The descriptor's entries (1 to 16) sent with every lease call, matching the limit written in the service."),
     doc("limits[].fleet.descriptor[].key", true, "", "Entry key."),
     doc("limits[].fleet.descriptor[].value", true, "", "Entry value."),
     doc("limits[].fleet.local_share", true, "", "0.0-1.0 (> 0): the share of the limit each Envoy admits on its own while the service is unreachable (priorities still apply); about 1 / the number of Envoys."),
@@ -331,6 +355,13 @@ pub fn reference_markdown() -> String {
 
 /// Parses, validates and compiles a configuration; all problems or a policy.
 pub fn parse(bytes: &[u8]) -> Result<Policy, Vec<ConfigError>> {
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(vec![ConfigError {
+            path: "configuration".into(),
+            message: format!("must be at most {MAX_CONFIG_BYTES} bytes"),
+            got: Some(format!("{} bytes", bytes.len())),
+        }]);
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         vec![ConfigError {
             path: "configuration".into(),
@@ -387,11 +418,40 @@ fn field_path(parent: &str, name: &str) -> String {
 struct Compiler {
     errors: Vec<ConfigError>,
     header_names: Vec<String>,
+    /// A name past [`MAX_HEADER_NAMES`] was reported.
+    header_names_overflowed: bool,
 }
 
 impl Compiler {
     fn error(&mut self, path: &str, message: impl Into<String>, got: Option<&Value>) {
         self.errors.push(ConfigError { path: path.to_string(), message: message.into(), got: got.map(render) });
+    }
+
+    /// Refuses a list of more than `max` entries (`limits: must hold at most 64 entries, got
+    /// 65 entries`); returns whether it is within the bound.
+    fn at_most_entries(&mut self, path: &str, list: &[Value], max: usize) -> bool {
+        if list.len() <= max {
+            return true;
+        }
+        self.errors.push(ConfigError {
+            path: path.to_string(),
+            message: format!("must hold at most {max} entries"),
+            got: Some(format!("{} entries", list.len())),
+        });
+        false
+    }
+
+    /// Refuses a string of more than `max` bytes; returns whether it is within the bound.
+    fn at_most_bytes(&mut self, path: &str, s: &str, max: usize) -> bool {
+        if s.len() <= max {
+            return true;
+        }
+        self.errors.push(ConfigError {
+            path: path.to_string(),
+            message: format!("must be at most {max} bytes"),
+            got: Some(format!("{} bytes", s.len())),
+        });
+        false
     }
 
     /// Checks that `v` is an object whose fields are all documented in [`REFERENCE`] under
@@ -424,11 +484,11 @@ impl Compiler {
     }
 
     fn string<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v str> {
-        let s = v.as_str();
-        if s.is_none() {
+        let Some(s) = v.as_str() else {
             self.error(path, "must be a string", Some(v));
-        }
-        s
+            return None;
+        };
+        self.at_most_bytes(path, s, MAX_STRING_BYTES).then_some(s)
     }
 
     fn non_empty_string<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v str> {
@@ -503,6 +563,16 @@ impl Compiler {
         let lower = s.to_ascii_lowercase();
         Some(match self.header_names.iter().position(|h| *h == lower) {
             Some(i) => i,
+            None if self.header_names.len() >= MAX_HEADER_NAMES => {
+                // Reported at the first name past the bound; the others add nothing.
+                if !self.header_names_overflowed {
+                    self.header_names_overflowed = true;
+                    let message =
+                        format!("at most {MAX_HEADER_NAMES} distinct header names may be read (rules, matches, keys)");
+                    self.error(path, message, Some(v));
+                }
+                return None;
+            }
             None => {
                 self.header_names.push(lower);
                 self.header_names.len() - 1
@@ -576,8 +646,9 @@ impl Compiler {
             self.error("classes", "must name at least one class", Some(v));
             return None;
         }
+        // Too many is reported beside the entries' own problems (their names still resolve).
+        let mut ok = self.at_most_entries("classes", list, MAX_CLASSES);
         let mut out = Vec::new();
-        let mut ok = true;
         for (i, c) in list.iter().enumerate() {
             let path = format!("classes[{i}]");
             let Some(obj) = self.object(&path, c, "classes[]") else {
@@ -629,8 +700,8 @@ impl Compiler {
 
     fn rules(&mut self, v: &Value, class_names: &[String]) -> Option<Vec<Rule>> {
         let list = self.array("rules", v)?;
+        let mut ok = self.at_most_entries("rules", list, MAX_RULES);
         let mut out = Vec::new();
-        let mut ok = true;
         for (i, r) in list.iter().enumerate() {
             let path = format!("rules[{i}]");
             let Some(obj) = self.object(&path, r, "rules[]") else {
@@ -672,6 +743,7 @@ impl Compiler {
                 if list.is_empty() {
                     self.error(&mpath, "must list at least one method", Some(ms));
                 }
+                self.at_most_entries(&mpath, list, MAX_METHODS);
                 let mut methods = Vec::new();
                 for (i, method) in list.iter().enumerate() {
                     let p = format!("{mpath}[{i}]");
@@ -733,7 +805,10 @@ impl Compiler {
         let test = match key {
             "exact" => self.string(&fpath, fv).map(|s| HeaderTest::Exact(case(s))),
             "prefix" => self.string(&fpath, fv).map(|s| HeaderTest::Prefix(case(s))),
-            "contains" => self.string(&fpath, fv).map(|s| HeaderTest::Contains(case(s))),
+            "contains" => self
+                .string(&fpath, fv)
+                .filter(|s| self.at_most_bytes(&fpath, s, MAX_CONTAINS_BYTES))
+                .map(|s| HeaderTest::Contains(Needle::new(case(s)))),
             _ => self.bool(&fpath, fv).map(HeaderTest::Present),
         };
         Some(HeaderMatch { slot: slot?, test: test?, ignore_case: ignore_case? })
@@ -741,12 +816,13 @@ impl Compiler {
 
     fn limits(&mut self, v: &Value, classes: &[Class]) -> Option<Vec<Limit>> {
         let list = self.array("limits", v)?;
-        if list.len() > MAX_LIMITS {
-            self.error("limits", format!("must hold at most {MAX_LIMITS} limits (got {})", list.len()), None);
+        // Past this a limit has no id (a `LimitSet` is one u64): nothing else is checked.
+        if !self.at_most_entries("limits", list, MAX_LIMITS) {
             return None;
         }
         let mut out: Vec<Limit> = Vec::new();
         let mut ok = true;
+        let (mut keyed_limits, mut total_keys) = (0, 0);
         for (i, l) in list.iter().enumerate() {
             let path = format!("limits[{i}]");
             let Some(obj) = self.object(&path, l, "limits[]") else {
@@ -806,6 +882,23 @@ impl Compiler {
                     n
                 }
             };
+            if key.as_ref().is_some_and(|k| *k != KeySource::Global) {
+                keyed_limits += 1;
+                if keyed_limits == MAX_KEYED_LIMITS + 1 {
+                    let message = format!("at most {MAX_KEYED_LIMITS} limits may be keyed (client_ip or header)");
+                    self.error(&p("key"), message, obj.get("key"));
+                }
+                let before = total_keys;
+                total_keys += max_keys.unwrap_or(0);
+                // Reported once, at the limit that crosses the bound.
+                if let Some(n) = max_keys.filter(|_| before <= MAX_TOTAL_KEYS && total_keys > MAX_TOTAL_KEYS) {
+                    self.errors.push(ConfigError {
+                        path: p("max_keys"),
+                        message: format!("keyed limits may hold at most {MAX_TOTAL_KEYS} keys in all"),
+                        got: Some(format!("{n}, {total_keys} in all")),
+                    });
+                }
+            }
             let fleet = match (obj.get("fleet"), &name) {
                 (None, _) => Some(None),
                 (Some(f), name) => {
@@ -894,6 +987,9 @@ impl Compiler {
         let list = self.array(path, v)?;
         if list.is_empty() {
             self.error(path, "must hold at least one entry", Some(v));
+            return None;
+        }
+        if !self.at_most_entries(path, list, MAX_DESCRIPTOR_ENTRIES) {
             return None;
         }
         let mut out = Vec::new();

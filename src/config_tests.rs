@@ -421,3 +421,190 @@ fn bad_adaptive_fields_are_reported_with_path_and_value() {
         vec!["concurrency.max_in_flight: required", "concurrency.adaptive.window_ms: must be >= 50, got 1.5"]
     );
 }
+
+// --- Size bounds: at each bound accepted, one past refused with its path and size ---
+
+/// `n` items made by `item`, comma-separated.
+fn items(n: usize, item: impl Fn(usize) -> String) -> String {
+    (0..n).map(item).collect::<Vec<_>>().join(", ")
+}
+
+/// One rule whose `match` is `m`.
+fn rule_matching(m: &str) -> String {
+    format!(r#"{{"rules": [{{"match": {m}, "class": "default"}}]}}"#)
+}
+
+#[test]
+fn a_configuration_may_be_max_config_bytes_long_and_not_one_byte_more() {
+    let padded = |n: usize| format!("{{}}{}", " ".repeat(n - 2));
+    assert!(parse(padded(MAX_CONFIG_BYTES).as_bytes()).is_ok());
+    assert_eq!(
+        errors(&padded(MAX_CONFIG_BYTES + 1)),
+        vec!["configuration: must be at most 262144 bytes, got 262145 bytes"]
+    );
+}
+
+#[test]
+fn at_most_max_classes_classes() {
+    let classes = |n| format!(r#"{{"classes": [{}]}}"#, items(n, |i| format!(r#"{{"name": "c{i}"}}"#)));
+    assert_eq!(policy(&classes(MAX_CLASSES)).classes.len(), 64);
+    assert_eq!(errors(&classes(MAX_CLASSES + 1)), vec!["classes: must hold at most 64 entries, got 65 entries"]);
+}
+
+#[test]
+fn too_many_classes_are_reported_beside_their_own_problems_and_their_names_still_resolve() {
+    let classes = items(MAX_CLASSES + 1, |i| format!(r#"{{"name": "c{i}"}}"#));
+    let json = format!(r#"{{"classes": [{classes}, {{"name": "bad name"}}], "default_class": "c64"}}"#);
+    assert_eq!(
+        errors(&json),
+        vec![
+            "classes: must hold at most 64 entries, got 66 entries",
+            "classes[65].name: must be 1 to 64 of A-Z a-z 0-9 _ -, got \"bad name\""
+        ]
+    );
+}
+
+#[test]
+fn at_most_max_rules_rules() {
+    let rules = |n| {
+        let r = items(n, |i| format!(r#"{{"match": {{"path_prefix": "/r{i}"}}, "class": "default"}}"#));
+        format!(r#"{{"rules": [{r}]}}"#)
+    };
+    assert_eq!(policy(&rules(MAX_RULES)).rules.len(), 128);
+    assert_eq!(errors(&rules(MAX_RULES + 1)), vec!["rules: must hold at most 128 entries, got 129 entries"]);
+}
+
+#[test]
+fn at_most_max_limits_limits() {
+    let limits = |n| {
+        let l = items(n, |i| format!(r#"{{"name": "l{i}", "tokens_per_second": 1, "burst": 1}}"#));
+        format!(r#"{{"limits": [{l}]}}"#)
+    };
+    assert_eq!(policy(&limits(MAX_LIMITS)).limits.len(), 64);
+    assert_eq!(errors(&limits(MAX_LIMITS + 1)), vec!["limits: must hold at most 64 entries, got 65 entries"]);
+}
+
+#[test]
+fn at_most_max_keyed_limits_keyed_limits() {
+    let limits = |n| {
+        let l = items(n, |i| format!(r#"{{"name": "k{i}", "key": "client_ip", "tokens_per_second": 1, "burst": 1}}"#));
+        format!(r#"{{"limits": [{l}, {{"name": "g", "tokens_per_second": 1, "burst": 1}}]}}"#)
+    };
+    assert_eq!(policy(&limits(MAX_KEYED_LIMITS)).limits.len(), 9, "8 keyed and a global one");
+    assert_eq!(
+        errors(&limits(MAX_KEYED_LIMITS + 1)),
+        vec!["limits[8].key: at most 8 limits may be keyed (client_ip or header), got \"client_ip\""]
+    );
+}
+
+#[test]
+fn keyed_limits_hold_at_most_max_total_keys_in_all() {
+    let limits = |a: u64, b: u64| {
+        format!(
+            r#"{{"limits": [{{"name": "a", "key": "client_ip", "tokens_per_second": 1, "burst": 1, "max_keys": {a}}},
+                            {{"name": "b", "key": {{"header": "x-k"}}, "tokens_per_second": 1, "burst": 1, "max_keys": {b}}}]}}"#
+        )
+    };
+    assert_eq!(policy(&limits(600_000, 400_000)).limits[1].max_keys, 400_000);
+    assert_eq!(
+        errors(&limits(600_000, 400_001)),
+        vec!["limits[1].max_keys: keyed limits may hold at most 1000000 keys in all, got 400001, 1000001 in all"]
+    );
+}
+
+#[test]
+fn at_most_max_header_names_distinct_headers_are_read() {
+    // The same name read twice (any case) counts once.
+    let headers = |n| {
+        let r = items(n, |i| {
+            format!(r#"{{"match": {{"header": {{"name": "x-h{i}", "present": true}}}}, "class": "default"}}"#)
+        });
+        format!(
+            r#"{{"rules": [{r}], "limits": [{{"name": "k", "key": {{"header": "X-H0"}}, "tokens_per_second": 1, "burst": 1}}]}}"#
+        )
+    };
+    assert_eq!(policy(&headers(MAX_HEADER_NAMES)).header_names.len(), 16);
+    let past = vec!["rules[16].match.header.name: at most 16 distinct header names may be read (rules, matches, keys), got \"x-h16\""];
+    assert_eq!(errors(&headers(MAX_HEADER_NAMES + 1)), past);
+    assert_eq!(errors(&headers(MAX_HEADER_NAMES + 5)), past, "reported once");
+}
+
+#[test]
+fn a_match_lists_at_most_max_methods_methods() {
+    let methods =
+        |n| rule_matching(&format!(r#"{{"methods": [{}]}}"#, items(n, |i| format!(r#""M{}""#, "X".repeat(i)))));
+    assert!(parse(methods(MAX_METHODS).as_bytes()).is_ok());
+    assert_eq!(
+        errors(&methods(MAX_METHODS + 1)),
+        vec!["rules[0].match.methods: must hold at most 16 entries, got 17 entries"]
+    );
+}
+
+#[test]
+fn every_string_is_at_most_max_string_bytes() {
+    let prefix = |n: usize| rule_matching(&format!(r#"{{"path_prefix": "/{}"}}"#, "p".repeat(n - 1)));
+    assert!(parse(prefix(MAX_STRING_BYTES).as_bytes()).is_ok());
+    assert_eq!(
+        errors(&prefix(MAX_STRING_BYTES + 1)),
+        vec!["rules[0].match.path_prefix: must be at most 1024 bytes, got 1025 bytes"]
+    );
+    let exact = |n: usize| rule_matching(&format!(r#"{{"header": {{"name": "x", "exact": "{}"}}}}"#, "v".repeat(n)));
+    assert!(parse(exact(MAX_STRING_BYTES).as_bytes()).is_ok());
+    assert_eq!(
+        errors(&exact(MAX_STRING_BYTES + 1)),
+        vec!["rules[0].match.header.exact: must be at most 1024 bytes, got 1025 bytes"]
+    );
+    let cluster = "c".repeat(MAX_STRING_BYTES + 1);
+    let fleet = format!(
+        r#"{{"limits": [{{"name": "f", "tokens_per_second": 1, "burst": 1,
+                          "fleet": {{"cluster": "{cluster}", "domain": "d", "local_share": 1}}}}]}}"#
+    );
+    assert_eq!(errors(&fleet), vec!["limits[0].fleet.cluster: must be at most 1024 bytes, got 1025 bytes"]);
+}
+
+#[test]
+fn a_contains_pattern_is_at_most_max_contains_bytes() {
+    let contains =
+        |n: usize| rule_matching(&format!(r#"{{"header": {{"name": "x", "contains": "{}"}}}}"#, "a".repeat(n)));
+    assert!(parse(contains(MAX_CONTAINS_BYTES).as_bytes()).is_ok());
+    assert_eq!(
+        errors(&contains(MAX_CONTAINS_BYTES + 1)),
+        vec!["rules[0].match.header.contains: must be at most 256 bytes, got 257 bytes"]
+    );
+}
+
+#[test]
+fn a_fleet_descriptor_holds_at_most_max_descriptor_entries() {
+    let descriptor = |n| {
+        let entries = items(n, |i| format!(r#"{{"key": "k{i}", "value": "v"}}"#));
+        format!(
+            r#"{{"limits": [{{"name": "f", "tokens_per_second": 1, "burst": 1,
+                              "fleet": {{"cluster": "rls", "domain": "d", "local_share": 1, "descriptor": [{entries}]}}}}]}}"#
+        )
+    };
+    assert_eq!(
+        policy(&descriptor(MAX_DESCRIPTOR_ENTRIES)).limits[0].fleet.as_ref().map(|f| f.descriptor.len()),
+        Some(16)
+    );
+    assert_eq!(
+        errors(&descriptor(MAX_DESCRIPTOR_ENTRIES + 1)),
+        vec!["limits[0].fleet.descriptor: must hold at most 16 entries, got 17 entries"]
+    );
+}
+
+#[test]
+fn the_reference_states_every_size_bound() {
+    let meaning = |path: &str| REFERENCE.iter().find(|d| d.path == path).map_or("", |d| d.meaning);
+    let states = |path: &str, bound: usize| {
+        assert!(meaning(path).contains(&bound.to_string()), "{path}: {} does not say {bound}", meaning(path));
+    };
+    states("classes", MAX_CLASSES);
+    states("rules", MAX_RULES);
+    states("limits", MAX_LIMITS);
+    states("limits", MAX_KEYED_LIMITS);
+    states("limits[].max_keys", MAX_TOTAL_KEYS as usize);
+    states("match.methods", MAX_METHODS);
+    states("match.header", MAX_HEADER_NAMES);
+    states("match.header.contains", MAX_CONTAINS_BYTES);
+    states("limits[].fleet.descriptor", MAX_DESCRIPTOR_ENTRIES);
+}

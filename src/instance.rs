@@ -14,17 +14,25 @@
 //!   the workers, so in practice the first write has no rival. A VM that cannot reach storage
 //!   uses its own proposal: keyed limits then still work, only their slots differ per VM.
 
+use crate::format::process_key;
 use crate::store::{read_u64, update, Change, Outcome, SharedStore};
 
-pub const INSTANCE_COUNTER_KEY: &str = "surgeguard/instances";
-pub const SEED_KEY: &str = "surgeguard/seed";
+/// The instance counter's key (in this module's format, see `format`).
+pub fn instance_counter_key() -> String {
+    process_key("instances")
+}
+
+/// The seed's key (in this module's format, see `format`).
+pub fn seed_key() -> String {
+    process_key("seed")
+}
 
 /// Ids at or above this come from the clock (see the module docs).
 const FALLBACK_ID_BIT: u32 = 1 << 31;
 
 /// A fresh instance id: the shared counter, incremented. Never 0.
 pub fn allocate_instance_id(store: &dyn SharedStore, now_ns: u64) -> u32 {
-    let allocated = update(store, INSTANCE_COUNTER_KEY, |stored| {
+    let allocated = update(store, &instance_counter_key(), |stored| {
         let next = stored.and_then(|b| read_u64(&b, 0)).unwrap_or(0).saturating_add(1);
         Change::Write(next.to_le_bytes(), u32::try_from(next).ok().filter(|&id| id < FALLBACK_ID_BIT))
     });
@@ -40,7 +48,8 @@ pub fn allocate_instance_id(store: &dyn SharedStore, now_ns: u64) -> u32 {
 pub fn agree_on_seed(store: &dyn SharedStore, now_ns: u64, instance: u32) -> u64 {
     let proposal = now_ns ^ 0x5eed_5eed_0000_0000 ^ (u64::from(instance) << 17);
     let stored_seed = |bytes: &[u8]| read_u64(bytes, 0);
-    let agreed = update(store, SEED_KEY, |stored| match stored.as_deref().and_then(stored_seed) {
+    let key = seed_key();
+    let agreed = update(store, &key, |stored| match stored.as_deref().and_then(stored_seed) {
         Some(seed) => Change::Keep(Some(seed)),
         None => Change::Write(proposal.to_le_bytes(), None),
     });
@@ -48,7 +57,7 @@ pub fn agree_on_seed(store: &dyn SharedStore, now_ns: u64, instance: u32) -> u64
         Outcome::Done { value: Some(seed), .. } => seed,
         // Created (or tried to): read back what is stored, in case a rival wrote after us.
         Outcome::Done { value: None, .. } | Outcome::Contended | Outcome::Failed => {
-            store.load(SEED_KEY).ok().flatten().and_then(|(bytes, _)| stored_seed(&bytes)).unwrap_or(proposal)
+            store.load(&key).ok().flatten().and_then(|(bytes, _)| stored_seed(&bytes)).unwrap_or(proposal)
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`ids`]: typed indices into a compiled policy (`ClassId`, `LimitId`, `LimitSet`);
 //! - [`classify`]: which class a request is;
 //! - [`bucket`]: token bucket arithmetic on one `u64`;
+//! - [`format`]: the shared state's format version, carried by every shared-data key;
 //! - [`store`]: the shared storage trait and its one read-modify-write primitive (`update`,
 //!   `retry`, one retry bound);
 //! - [`record`]: unkeyed buckets and the in-flight table in one shared value;
@@ -34,6 +35,7 @@ pub mod config;
 pub mod control;
 pub mod decision;
 pub mod fleet;
+pub mod format;
 pub mod ids;
 pub mod instance;
 pub mod json;

@@ -33,6 +33,17 @@ pub const LEASE_NS: u64 = 10 * NS_PER_S;
 pub const HEARTBEAT_PERIOD_MS: u64 = 1_000;
 
 const ENTRY_BYTES: usize = 24;
+/// A bucket's arrival time as its entry's `a` holds it. The `test-next-format` build (a stand-in
+/// for the next format, see `format`) stores it inverted: the same tags with a meaning this format
+/// would misread, and the other way round (a bucket empty for centuries: every request refused).
+#[cfg(not(feature = "test-next-format"))]
+fn stored_tat(tat_ns: u64) -> u64 {
+    tat_ns
+}
+#[cfg(feature = "test-next-format")]
+fn stored_tat(tat_ns: u64) -> u64 {
+    !tat_ns
+}
 const IN_FLIGHT_TAG: u64 = 1 << 63;
 const LEASE_TAG: u64 = 1 << 62;
 /// The adaptive limit's entry. Bucket ids are below 2^59 and lease tags have bit 62 set, so this
@@ -129,7 +140,9 @@ impl Record {
             } else {
                 // A lease is dropped only with its limit (`retain_leases`), L only by
                 // `clear_adaptive_limit`.
-                tag & LEASE_TAG != 0 || tag == ADAPTIVE_LIMIT_TAG || !is_full(record.values_at(at).0, now_ns)
+                tag & LEASE_TAG != 0
+                    || tag == ADAPTIVE_LIMIT_TAG
+                    || !is_full(stored_tat(record.values_at(at).0), now_ns)
             }
         });
     }
@@ -151,11 +164,11 @@ impl Record {
 
     /// A bucket's arrival time; 0 (full) if it has no entry.
     pub fn bucket(&self, id: u64) -> u64 {
-        self.find(id).map_or(0, |(_, tat, _)| tat)
+        self.find(id).map_or(0, |(_, tat, _)| stored_tat(tat))
     }
 
     pub fn set_bucket(&mut self, id: u64, tat_ns: u64) {
-        self.put(id, tat_ns, 0);
+        self.put(id, stored_tat(tat_ns), 0);
     }
 
     /// A fleet limit's lease; a fresh one (local mode, a call due) if it has none.
@@ -172,11 +185,22 @@ impl Record {
         Lease::from_words(&words)
     }
 
+    /// Writes a fleet limit's lease over the stored one if that is whole (its entries in order
+    /// from the first); else (a torn write, another layout's bytes: entries missing, out of
+    /// order or past the end) drops every entry of it and appends a whole one. Either way no
+    /// other entry is ever overwritten.
     pub fn set_lease(&mut self, id: u64, lease: &Lease) {
         let words = lease.to_words();
-        let first = match self.position(lease_tag(id, 0)) {
+        let whole = self.position(lease_tag(id, 0)).filter(|&first| {
+            (0..LEASE_ENTRIES).all(|entry| {
+                let at = first + entry * ENTRY_BYTES;
+                at + ENTRY_BYTES <= self.bytes.len() && self.tag_at(at) == lease_tag(id, entry)
+            })
+        });
+        let first = match whole {
             Some(at) => at,
             None => {
+                self.retain(|record, at, _| !record.is_lease_entry_of(id, at));
                 self.bytes.resize(self.bytes.len() + LEASE_ENTRIES * ENTRY_BYTES, 0);
                 self.bytes.len() - LEASE_ENTRIES * ENTRY_BYTES
             }
@@ -184,6 +208,13 @@ impl Record {
         for (entry, pair) in words.chunks_exact(2).enumerate() {
             self.write(first + entry * ENTRY_BYTES, lease_tag(id, entry), pair[0], pair[1]);
         }
+    }
+
+    /// Whether the entry at `at` is one of limit `id`'s lease entries (any index, even one a
+    /// whole lease never has).
+    fn is_lease_entry_of(&self, id: u64, at: usize) -> bool {
+        let tag = self.tag_at(at);
+        is_lease_tag(tag) && (tag & !LEASE_TAG) >> 3 == id
     }
 
     /// Drops the leases of limits not in `ids` (a limit removed or changed by a new
@@ -394,6 +425,31 @@ mod tests {
         assert_eq!(own.in_flight(T0), u64::MAX - 1);
     }
 
+    // Found by reading: `set_lease` wrote its entries from wherever the lease's first entry was,
+    // over whatever followed it (another instance's in-flight count, a bucket) or past the end
+    // (the lease was lost), when the stored lease was not whole.
+    #[test]
+    fn setting_a_lease_over_a_torn_one_never_overwrites_other_entries() {
+        let lease = Lease { tokens: 40, fleet_remaining: 900, window_end_ns: T0 + 7, ..Lease::default() };
+        let mut r = Record::default();
+        r.put(lease_tag(21, 0), 5, 6);
+        r.acquire(3, T0, 9);
+        r.set_bucket(11, T0 + 5);
+        r.put(lease_tag(21, 3), 7, 8);
+        r.set_lease(21, &lease);
+        assert_eq!(r.lease(21), lease);
+        assert_eq!(r.in_flight(T0), 1, "the in-flight entry after the torn lease is intact");
+        assert_eq!(r.bucket(11), T0 + 5);
+        assert_eq!(r.as_bytes().len(), (2 + LEASE_ENTRIES) * ENTRY_BYTES, "the torn entries went");
+
+        let mut at_end = Record::default();
+        at_end.acquire(3, T0, 9);
+        at_end.put(lease_tag(21, 0), 5, 6);
+        at_end.set_lease(21, &lease);
+        assert_eq!(at_end.lease(21), lease, "written whole, not cut off at the end");
+        assert_eq!(at_end.in_flight(T0), 1);
+    }
+
     #[test]
     fn the_adaptive_limit_lives_beside_the_other_entries_survives_pruning_and_can_be_cleared() {
         let mut r = Record::default();
@@ -404,7 +460,7 @@ mod tests {
         r.set_adaptive_limit(37);
         assert_eq!(r.adaptive_limit(), Some(37));
         assert_eq!(r.in_flight(T0), 1, "L is not an in-flight entry");
-        assert_eq!(r.bucket(ADAPTIVE_LIMIT_TAG), 37, "one entry, found by its tag");
+        assert_eq!(r.find(ADAPTIVE_LIMIT_TAG).map(|(_, limit, _)| limit), Some(37), "one entry, found by its tag");
         r.prune(T0 + 10 * LEASE_NS, None);
         assert_eq!(r.adaptive_limit(), Some(37));
         assert_eq!(r.as_bytes().len(), ENTRY_BYTES, "the bucket and the dead instance went, L stayed");

@@ -6,8 +6,9 @@
 //! Besides the empty filter and surgeguard's storefront configuration, it profiles the
 //! storefront configuration built up one feature at a time (an ablation), so the cost of each
 //! feature (classification, each limit, the in-flight limit) reads as a difference of rows.
-//! Last, the fleet arm's configuration (the demo's with its global limit fleet-wide), its lease
-//! granted by the profiler before the requests, so the row is a limit in fleet mode.
+//! Then the fleet arm's configuration (the demo's with its global limit fleet-wide), its lease
+//! granted by the profiler before the requests, so the row is a limit in fleet mode; last, the
+//! demo's configuration with its in-flight limit adaptive.
 
 use crate::arms::{fleet_configuration, CONTRACT_ADMIT_ALL, HEADERS, PATH, STOREFRONT_ADMIT_ALL};
 use crate::build_profile::{cargo_release_build, CargoBuild};
@@ -53,6 +54,19 @@ pub fn ablation() -> Result<Vec<(&'static str, Value)>, String> {
         ("+ in-flight limit (the contract's example)", with(3, true, true)),
         ("the demo's configuration (the surgeguard arm)", demo),
     ])
+}
+
+/// The adaptive row's name.
+pub const ADAPTIVE_ROW: &str = "the demo's configuration, its in-flight limit adaptive (`\"adaptive\": {}`)";
+
+/// The demo's configuration with `"adaptive": {}` in its `concurrency`: the same requests, the
+/// in-flight limit adaptive (its samples taken at each stream's end, merged on the tick).
+pub fn adaptive_configuration() -> Result<Value, String> {
+    let mut c: Value =
+        serde_json::from_str(STOREFRONT_ADMIT_ALL).map_err(|e| format!("storefront configuration: {e}"))?;
+    let concurrency = c["concurrency"].as_object_mut().ok_or("storefront configuration: no concurrency")?;
+    concurrency.insert("adaptive".into(), Value::Object(serde_json::Map::new()));
+    Ok(c)
 }
 
 /// The fleet row's name.
@@ -103,6 +117,8 @@ pub struct Profile {
     pub surgeguard: SurgeguardCosts,
     /// The fleet row's figures, and the lease granted before its requests.
     pub surgeguard_fleet: FleetCosts,
+    /// The adaptive row's figures (its samples are merged on the tick: `per_tick`).
+    pub surgeguard_adaptive: SurgeguardCosts,
     pub empty_wasm: EmptyCosts,
 }
 
@@ -200,8 +216,10 @@ pub fn profile(root: &Path, out_dir: &Path, surgeguard: &Path, empty: &Path) -> 
         .map(|(i, (_, config))| (format!("ablation-{i}.json"), config.to_string().into_bytes()))
         .collect();
     files.push(("fleet.json".into(), fleet_configuration()?.into_bytes()));
+    files.push(("adaptive.json".into(), adaptive_configuration()?.to_string().into_bytes()));
     let named: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     let mut paths = write_outputs(&out_dir.join("profile"), &named)?;
+    let adaptive_path = paths.pop().ok_or("no adaptive configuration written")?;
     let fleet_path = paths.pop().ok_or("no fleet configuration written")?;
     let empty_v = run_one(&tool, empty, "empty", None, Leases::Unanswered)?;
     let mut rows = vec![row("empty_wasm", &empty_v)];
@@ -214,6 +232,8 @@ pub fn profile(root: &Path, out_dir: &Path, surgeguard: &Path, empty: &Path) -> 
     let fleet = run_one(&tool, surgeguard, "surgeguard", Some(&fleet_path), Leases::Granted)?;
     check_fleet_mode(&fleet)?;
     rows.push(row(FLEET_ROW, &fleet));
+    let adaptive = run_one(&tool, surgeguard, "surgeguard", Some(&adaptive_path), Leases::Unanswered)?;
+    rows.push(row(ADAPTIVE_ROW, &adaptive));
     Ok(Profile {
         method: "bench/hostcalls: the module in the wasmi interpreter against a recording host; steady-state averages over 200 requests (after a first request that creates the shared state); wasm instructions = wasmi fuel",
         rows,
@@ -223,6 +243,7 @@ pub fn profile(root: &Path, out_dir: &Path, surgeguard: &Path, empty: &Path) -> 
             leases_at_start: fleet["leases_at_start"].clone(),
             metrics_after: fleet["metrics_after"].clone(),
         },
+        surgeguard_adaptive: SurgeguardCosts::of(&adaptive),
         empty_wasm: EmptyCosts { per_request: empty_v["per_request"].clone() },
     })
 }
@@ -243,6 +264,15 @@ mod tests {
         assert_eq!(rows[5].1, contract);
         let demo: Value = serde_json::from_str(STOREFRONT_ADMIT_ALL).unwrap();
         assert_eq!(rows.last().unwrap().1, demo);
+    }
+
+    #[test]
+    fn the_adaptive_row_is_the_demo_configuration_with_only_adaptive_added() {
+        let mut adaptive = adaptive_configuration().unwrap();
+        assert_eq!(adaptive["concurrency"]["adaptive"], json!({}));
+        adaptive["concurrency"].as_object_mut().unwrap().remove("adaptive");
+        let demo: Value = serde_json::from_str(STOREFRONT_ADMIT_ALL).unwrap();
+        assert_eq!(adaptive, demo);
     }
 
     #[test]

@@ -7,8 +7,10 @@ pub const USAGE: &str = "\
 usage: ./build.sh demo [OPTIONS]
 
 Replays the postmortem's traffic surge against a storefront whose database tier has a fixed
-connection pool, through a real Envoy: once without surgeguard, once with it (envoy/demo.yaml).
-Prints a table per traffic kind and writes dist/demo/summary.json and dist/demo/report.html.
+connection pool (and, halfway through the surge, a database that itself gets 3x slower), through
+a real Envoy: without surgeguard, with it (envoy/demo.yaml), and with its in-flight limit
+adaptive (no number sized from the database). Prints tables per traffic kind and writes
+dist/demo/summary.json and dist/demo/report.html.
 
 options:
   --duration SECONDS   traffic per run: a quarter calm, half surge, a quarter recovery [24]
@@ -16,7 +18,7 @@ options:
   --rate PER_S         the calm rate, requests per second [60]
   --pool N             database connection pool size [40]
   --pool-wait-ms MS    how long a request waits for a connection before it fails [1000]
-  --seed N             seed of the traffic schedule (both runs replay the same one) [1]
+  --seed N             seed of the traffic schedule (every run replays the same one) [1]
   --out DIR            where summary.json and report.html go
                        [dist/demo; dist/demo/live with --live; dist/demo/fleet with --fleet]
   --config FILE        the Envoy config with the filter [envoy/demo.yaml]
@@ -163,7 +165,7 @@ mod tests {
         assert_eq!((o.duration_s, o.surge, o.pool_size), (24.0, 5.0, 40));
         assert!(o.out_dir.ends_with("dist/demo"));
         assert_eq!(o.database_url, None);
-        assert!(!o.live && !o.fleet, "the default demo is the two runs");
+        assert!(!o.live && !o.fleet, "the default demo is the side-by-side runs");
     }
 
     #[test]

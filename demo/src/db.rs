@@ -6,6 +6,10 @@
 //! other's way (locks, cache: `thrash_per_conn` more time per connection past the knee). So past
 //! the knee, more connections in use mean *less* throughput: the postmortem's bottleneck.
 //!
+//! The database can also slow down by itself ([`Database::set_slowdown`]): every query then takes
+//! that many times longer (with PostgreSQL, the connection is held that much longer after the
+//! query), whatever the load. The postmortem's first signal was the database's latency.
+//!
 //! Invariants: a query holds one pool connection for its whole duration; a request that gets no
 //! connection within the pool-wait timeout fails without running its query.
 
@@ -112,11 +116,22 @@ pub struct Database {
     backend: Backend,
     pool_wait: Duration,
     queries: AtomicU64,
+    /// How many times slower than normal every query runs, in thousandths (1000: normal).
+    slowdown_milli: AtomicU64,
 }
 
 impl Database {
     pub fn new(pool: Arc<Pool>, backend: Backend, pool_wait: Duration) -> Database {
-        Database { pool, backend, pool_wait, queries: AtomicU64::new(0) }
+        Database { pool, backend, pool_wait, queries: AtomicU64::new(0), slowdown_milli: AtomicU64::new(1000) }
+    }
+
+    /// From now on every query takes `factor` (>= 1) times as long; 1 restores full speed.
+    pub fn set_slowdown(&self, factor: f64) {
+        self.slowdown_milli.store((factor.max(1.0) * 1000.0).round() as u64, Ordering::Relaxed);
+    }
+
+    pub fn slowdown(&self) -> f64 {
+        self.slowdown_milli.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -140,14 +155,22 @@ impl Database {
             AcquireError::Timeout { waited_ms } => DbError::PoolTimeout { waited_ms },
             AcquireError::Broken(m) => DbError::Query(m),
         })?;
+        let slowdown = self.slowdown();
         match &self.backend {
             Backend::Model(c) => {
                 let n = self.queries.fetch_add(1, Ordering::Relaxed);
-                let ms = c.query_ms(q, lease.in_use_at_start(), n);
+                let ms = c.query_ms(q, lease.in_use_at_start(), n) * slowdown;
                 tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
                 Ok(())
             }
-            Backend::Postgres(pg) => pg.run(lease.slot(), q, arg).await.map_err(DbError::Query),
+            Backend::Postgres(pg) => {
+                let start = std::time::Instant::now();
+                let result = pg.run(lease.slot(), q, arg).await.map_err(DbError::Query);
+                if slowdown > 1.0 {
+                    tokio::time::sleep(start.elapsed().mul_f64(slowdown - 1.0)).await;
+                }
+                result
+            }
         }
     }
 }
@@ -195,6 +218,22 @@ mod tests {
             let db = Database::new(Arc::clone(&pool), Backend::Model(Contention::default()), Duration::from_millis(30));
             let _held = pool.acquire(Duration::from_millis(10)).await.unwrap();
             assert_eq!(db.run(Query::Product, 1).await, Err(DbError::PoolTimeout { waited_ms: 30 }));
+        });
+    }
+
+    #[test]
+    fn a_slowed_database_takes_that_many_times_longer_until_restored() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let db = Database::new(Pool::new(1), Backend::Model(Contention::default()), Duration::from_millis(100));
+            db.set_slowdown(3.0);
+            let t0 = std::time::Instant::now();
+            db.run(Query::CartRead, 1).await.unwrap();
+            assert!(t0.elapsed() >= Duration::from_millis(72), "30 ms +- 20%, times 3: {:?}", t0.elapsed());
+            db.set_slowdown(1.0);
+            assert_eq!(db.slowdown(), 1.0);
+            db.set_slowdown(0.5);
+            assert_eq!(db.slowdown(), 1.0, "never faster than full speed");
         });
     }
 

@@ -1,27 +1,35 @@
-//! The demo end to end: one schedule of requests, replayed twice through a real Envoy in front
-//! of a fresh storefront (without the filter, then with surgeguard), measured, and written out
-//! as `summary.json`, `report.html`, `report.svg` (the figure alone) and `table.md`.
+//! The demo end to end: one schedule of requests, replayed three times through a real Envoy in
+//! front of a fresh storefront (without the filter; with surgeguard as shipped, whose in-flight
+//! limit is sized by hand; with surgeguard's in-flight limit adaptive and no sized number),
+//! measured, and written out as `summary.json`, `report.html`, `report.svg` and
+//! `report-adaptive.svg` (its two figures alone) and `table.md`. In every run the database
+//! itself slows down for the second half of the surge ([`Incident`]).
 //!
 //! [`run`] is its phases: each arm (`start_arm`, the load, Envoy's stats) gives a [`Run`], the
 //! claims are checked, `summarise` gives the [`DemoSummary`], `write` the files.
 //!
-//! Invariants: both runs replay the identical schedule against an identical fresh storefront and
-//! differ only by the filter's block in the Envoy config; every Envoy, storefront and thread the
-//! demo starts is stopped before `run` returns, also on error, panic or interruption (each is
-//! owned by a handle whose drop stops it).
+//! Invariants: every run replays the identical schedule, and the identical slowdown, against an
+//! identical fresh storefront; the runs differ only by the filter's block in the Envoy config
+//! (absent; as shipped; its `concurrency` line replaced by [`ADAPTIVE_CONCURRENCY`]); every
+//! Envoy, storefront and thread the demo starts is stopped before `run` returns, also on error,
+//! panic or interruption (each is owned by a handle whose drop stops it).
 
 use crate::cli::Options;
 use crate::db::Contention;
+use crate::gauge::LimitSampler;
+use crate::incident::{self, Incident};
 use crate::interrupt::ChildGuard;
 use crate::load::{self, Live};
 use crate::outcome::Verdict;
 use crate::pool::Pool;
 use crate::report::{self, Figure, Page};
-use crate::schedule::{Arrival, Plan};
+use crate::schedule::{Arrival, Phase, Plan};
 use crate::storefront::{BackendSpec, Storefront, StorefrontConfig};
-use crate::summary::{self, Claim, DatabaseSummary, EnvoySummary, LoadSummary, Run, RunSummary, Side, DB_SAMPLE_MS};
+use crate::summary::{
+    self, Claim, DatabaseSummary, EnvoySummary, LimitFigures, LoadSummary, Run, RunSummary, Runs, Side, DB_SAMPLE_MS,
+};
 use crate::table;
-use crate::traffic::{Kind, Mix};
+use crate::traffic::{Kind, Mix, BROWSER_UA};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -40,6 +48,10 @@ pub const ENVOY_WORKERS: u32 = 2;
 /// Longer than the filter's tick (1 s), on which it flushes its metrics to Envoy.
 pub const FILTER_FLUSH_WAIT: Duration = Duration::from_millis(1500);
 pub const INTERRUPTED: &str = "interrupted";
+/// The adaptive run's in-flight limit: a ceiling far above anything the database could take
+/// (not sized from it; Envoy's own default circuit breaker is 1024), and every adaptive
+/// setting at its default. It replaces the shipped config's `"concurrency"` line.
+pub const ADAPTIVE_CONCURRENCY: &str = r#""concurrency": { "max_in_flight": 1000, "adaptive": {} }"#;
 
 /// Everything a finished demo measured.
 pub struct Demo {
@@ -47,6 +59,8 @@ pub struct Demo {
     pub pool_size: u32,
     pub without: Run,
     pub with: Run,
+    pub adaptive: Run,
+    pub incident: Incident,
     pub claims: Vec<Claim>,
     pub summary: DemoSummary,
     pub table: String,
@@ -58,6 +72,7 @@ pub struct Demo {
 enum Arm {
     Without,
     With,
+    Adaptive,
 }
 
 impl Arm {
@@ -65,15 +80,43 @@ impl Arm {
         match self {
             Arm::Without => "without_filter",
             Arm::With => "with_filter",
+            Arm::Adaptive => "adaptive",
         }
     }
 
     fn label(self) -> &'static str {
         match self {
-            Arm::Without => "1/2 without surgeguard",
-            Arm::With => "2/2 with surgeguard",
+            Arm::Without => "1/3 without surgeguard",
+            Arm::With => "2/3 with surgeguard",
+            Arm::Adaptive => "3/3 adaptive limit",
         }
     }
+}
+
+/// `yaml` with the plugin configuration's `"concurrency"` line replaced by
+/// [`ADAPTIVE_CONCURRENCY`]; an error unless there is exactly one such line and it holds the
+/// whole object.
+pub fn adaptive_config(yaml: &str) -> Result<String, String> {
+    let at: Vec<usize> = yaml
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with("\"concurrency\":"))
+        .map(|(i, _)| i)
+        .collect();
+    let [line] = at[..] else {
+        return Err(format!("expected one `\"concurrency\":` line in the plugin configuration, found {}", at.len()));
+    };
+    let lines: Vec<&str> = yaml.lines().collect();
+    let text = lines[line];
+    let indent = &text[..text.len() - text.trim_start().len()];
+    let body = text.trim().trim_end_matches(',');
+    if body.matches('{').count() != body.matches('}').count() {
+        return Err(format!("the `\"concurrency\"` object must be on one line: {}", text.trim()));
+    }
+    let comma = if text.trim_end().ends_with(',') { "," } else { "" };
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    out[line] = format!("{indent}{ADAPTIVE_CONCURRENCY}{comma}");
+    Ok(out.join("\n") + "\n")
 }
 
 pub fn plan(o: &Options) -> Plan {
@@ -179,9 +222,18 @@ struct ArmStack {
     _registered: ChildGuard,
 }
 
-fn run_arm(o: &Options, arm: Arm, plan: &Plan, arrivals: &[Arrival], cancel: &Arc<AtomicBool>) -> Result<Run, String> {
+fn run_arm(
+    o: &Options,
+    arm: Arm,
+    plan: &Plan,
+    arrivals: &[Arrival],
+    incident: Incident,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Run, String> {
     let stack = start_arm(o, arm, cancel)?;
     let live = Arc::new(Live::default());
+    let slowdown = incident::Driver::start(Arc::clone(&stack.storefront.db), incident, Arc::clone(&live));
+    let limit = (arm == Arm::Adaptive).then(|| LimitSampler::start(stack.envoy.admin_port));
     let monitor = Monitor::start(
         Arc::clone(stack.storefront.db.pool()),
         Arc::clone(&live),
@@ -191,22 +243,29 @@ fn run_arm(o: &Options, arm: Arm, plan: &Plan, arrivals: &[Arrival], cancel: &Ar
     );
     let outcomes = load::run(stack.port, arrivals, CLIENT_TIMEOUT, &live, cancel);
     let db_in_use = monitor.finish();
+    let limit = limit.map(LimitSampler::finish).unwrap_or_default();
+    drop(slowdown);
     let outcomes = outcomes.map_err(load_failed)?;
-    if arm == Arm::With {
+    if arm != Arm::Without {
         // The filter hands its counters and gauge to Envoy on its 1 s tick: let every worker
         // flush once more after the last request ended.
         std::thread::sleep(FILTER_FLUSH_WAIT);
     }
     let filter_counters = summary::filter_counters(&stack.envoy.stats());
-    Ok(Run { key: arm.key(), outcomes, pool: stack.storefront.db.stats(), db_in_use, filter_counters })
+    Ok(Run { key: arm.key(), outcomes, pool: stack.storefront.db.stats(), db_in_use, filter_counters, limit })
 }
 
 /// A fresh storefront and an Envoy in front of it (the shipped config, with or without the
 /// filter), warmed up.
 fn start_arm(o: &Options, arm: Arm, cancel: &AtomicBool) -> Result<ArmStack, String> {
     let storefront = Storefront::start(&storefront_config(o))?;
-    let filter = if arm == Arm::With { FilterBlock::Marked } else { FilterBlock::Removed };
+    let filter = if arm == Arm::Without { FilterBlock::Removed } else { FilterBlock::Marked };
     let yaml = Localise { filter, ..Localise::local(storefront.port) }.load(&o.envoy_config)?;
+    let yaml = if arm == Arm::Adaptive {
+        adaptive_config(&yaml).map_err(|e| format!("{}: {e}", o.envoy_config.display()))?
+    } else {
+        yaml
+    };
     let envoy_opts =
         EnvoyOptions { concurrency: ENVOY_WORKERS, log_level: "warning".into(), ..EnvoyOptions::default() };
     let envoy = Envoy::start(&yaml, &envoy_opts)
@@ -239,10 +298,14 @@ pub(crate) fn envoy_failed(context: &str, e: &StartError) -> String {
     format!("{context}: {}\n{}", e.message, tail.join("\n"))
 }
 
-/// A few requests through Envoy (no database work), so connections and the wasm VMs are ready
-/// before the load.
+/// A few requests through Envoy before the load, so connections and the wasm VMs are ready.
+/// They are product pages, one query each, like the load's: an adaptive limit learns its
+/// baselines from what the upstream answers, and a page that skips the database (a health check
+/// on the same route) would teach it a latency no real request has.
 pub(crate) fn warm_up(port: u16) -> Result<(), String> {
-    let warm = requests(port, &vec![Req::get("/healthz"); 8]);
+    let pages: Vec<Req> =
+        (1..=8).map(|n| Req::get(&format!("/products/{n}")).header("user-agent", BROWSER_UA)).collect();
+    let warm = requests(port, &pages);
     match warm.iter().find(|r| r.as_ref().map(|r| r.status) != Ok(200)) {
         Some(bad) => Err(format!("warm-up through Envoy failed: {bad:?}")),
         None => Ok(()),
@@ -274,22 +337,38 @@ pub(crate) fn relative(p: &Path) -> String {
     p.strip_prefix(&root).unwrap_or(p).display().to_string()
 }
 
-/// Runs both arms and writes the outputs into `o.out_dir`.
+/// Runs the three arms and writes the outputs into `o.out_dir`.
 pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<Demo, String> {
     let plan = plan(o);
+    let incident = Incident::in_surge(&plan);
     let arrivals = plan.arrivals();
-    let without = run_arm(o, Arm::Without, &plan, &arrivals, cancel)?;
-    let with = run_arm(o, Arm::With, &plan, &arrivals, cancel)?;
-    let claims = summary::claims(o.pool_size, &without, &with);
-    let summary = summarise(o, &plan, arrivals.len(), &without, &with, &claims);
-    let sides = sides(&without, &with);
+    let without = run_arm(o, Arm::Without, &plan, &arrivals, incident, cancel)?;
+    let with = run_arm(o, Arm::With, &plan, &arrivals, incident, cancel)?;
+    let adaptive = run_arm(o, Arm::Adaptive, &plan, &arrivals, incident, cancel)?;
+    let runs = Runs { without: &without, with: &with, adaptive: &adaptive };
+    let claims = summary::claims(o.pool_size, &plan, &incident, runs);
+    let summary = summarise(o, &plan, &incident, arrivals.len(), runs, &claims);
+    let [a, b] = sides(&without, &with);
+    let [s, d] = adaptive_sides(&with, &adaptive);
+    let limit_line = summary.adaptive.limit.map(|l| l.describe(&incident)).unwrap_or_default();
+    let goodput = goodput_line(&summary.adaptive);
     let mut demo = Demo {
-        table: table::text(o.pool_size, sides[0], sides[1]),
-        markdown_table: table::markdown(o.pool_size, sides[0], sides[1]),
+        table: format!(
+            "{}\n{}{limit_line}\n{goodput}\n",
+            table::text(o.pool_size, a, b),
+            table::text(o.pool_size, s, d)
+        ),
+        markdown_table: format!(
+            "{}\n{}\n{limit_line}; {goodput}.\n",
+            table::markdown(o.pool_size, a, b),
+            table::markdown(o.pool_size, s, d)
+        ),
         plan,
         pool_size: o.pool_size,
         without,
         with,
+        adaptive,
+        incident,
         claims,
         summary,
         written: Vec::new(),
@@ -298,11 +377,28 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<Demo, String> {
     Ok(demo)
 }
 
-/// The two runs as the table and the report name them.
+fn goodput_line(a: &AdaptiveSummary) -> String {
+    format!(
+        "goodput during the surge: {:.1} requests/s served with the adaptive limit, {:.1} with the static one ({:.2}x)",
+        a.goodput_per_s.adaptive,
+        a.goodput_per_s.static_limit,
+        a.goodput_per_s.adaptive / a.goodput_per_s.static_limit.max(1e-9)
+    )
+}
+
+/// The first two runs as the main table and figure name them.
 fn sides<'a>(without: &'a Run, with: &'a Run) -> [Side<'a>; 2] {
     [
         Side { label: "without surgeguard", short: "without", run: without },
         Side { label: "with surgeguard", short: "with", run: with },
+    ]
+}
+
+/// The static and the adaptive run, as the second table and figure name them.
+fn adaptive_sides<'a>(with: &'a Run, adaptive: &'a Run) -> [Side<'a>; 2] {
+    [
+        Side { label: "surgeguard, static limit", short: "static", run: with },
+        Side { label: "surgeguard, adaptive limit", short: "adaptive", run: adaptive },
     ]
 }
 
@@ -315,8 +411,29 @@ pub struct DemoSummary {
     pub load: LoadSummary,
     pub database: DemoDatabase,
     pub envoy: EnvoySummary,
+    pub adaptive: AdaptiveSummary,
     pub claims: Vec<Claim>,
     pub all_claims_hold: bool,
+}
+
+/// The adaptive run against the static one.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdaptiveSummary {
+    /// The plugin configuration's `concurrency` in the adaptive run.
+    pub concurrency: serde_json::Value,
+    /// When the database was slow, and how much.
+    pub database_slowed: Incident,
+    pub goodput_per_s: Goodput,
+    /// How L moved (`null` if it was never sampled).
+    pub limit: Option<LimitFigures>,
+}
+
+/// Requests sent during the surge and served, per second of the surge.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Goodput {
+    #[serde(rename = "static")]
+    pub static_limit: f64,
+    pub adaptive: f64,
 }
 
 /// The database tier, with the embedded model's parameters (`null` for PostgreSQL).
@@ -350,16 +467,39 @@ pub(crate) fn load_summary(plan: &Plan, offered: usize) -> LoadSummary {
     }
 }
 
-fn summarise(o: &Options, plan: &Plan, offered: usize, without: &Run, with: &Run, claims: &[Claim]) -> DemoSummary {
+fn summarise(
+    o: &Options,
+    plan: &Plan,
+    incident: &Incident,
+    offered: usize,
+    runs: Runs,
+    claims: &[Claim],
+) -> DemoSummary {
+    let concurrency = serde_json::from_str::<serde_json::Value>(&format!("{{{ADAPTIVE_CONCURRENCY}}}"))
+        .map(|v| v["concurrency"].clone())
+        .unwrap_or_default();
     DemoSummary {
         db_pool_size: o.pool_size,
-        runs: [without, with].into_iter().map(|r| (r.key, r.summary(plan))).collect(),
+        runs: [runs.without, runs.with, runs.adaptive].into_iter().map(|r| (r.key, r.summary(plan))).collect(),
         load: load_summary(plan, offered),
         database: database(o),
         envoy: EnvoySummary { version: envoy_version(), workers: ENVOY_WORKERS, config: relative(&o.envoy_config) },
+        adaptive: AdaptiveSummary {
+            concurrency,
+            database_slowed: *incident,
+            goodput_per_s: Goodput {
+                static_limit: round1(runs.with.served_per_s(plan, Phase::Surge)),
+                adaptive: round1(runs.adaptive.served_per_s(plan, Phase::Surge)),
+            },
+            limit: LimitFigures::of(runs.adaptive, plan, incident),
+        },
         claims: claims.to_vec(),
         all_claims_hold: claims.iter().all(|c| c.holds),
     }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 /// The report's line on how the runs were made.
@@ -367,9 +507,10 @@ fn settings(d: &Demo) -> String {
     let s = &d.summary;
     let backend = if s.database.tier.backend == "model" { "embedded model" } else { "PostgreSQL" };
     format!(
-        "{:.0} s per run: {}; {} requests per run, the same in both. Database tier: {backend}, a pool of {} connections, pool-wait timeout {} ms. Envoy {}, {ENVOY_WORKERS} workers, {}.",
+        "{:.0} s per run: {}, {}; {} requests per run, the same in every run. Database tier: {backend}, a pool of {} connections, pool-wait timeout {} ms. Envoy {}, {ENVOY_WORKERS} workers, {} (the adaptive run with {ADAPTIVE_CONCURRENCY}).",
         d.plan.duration_s,
         d.plan.phases(),
+        d.incident.describe(),
         s.load.plan.offered,
         d.pool_size,
         s.database.tier.pool_wait_ms,
@@ -378,7 +519,8 @@ fn settings(d: &Demo) -> String {
     )
 }
 
-/// `summary.json`, `report.html`, `report.svg` and `table.md` into `o.out_dir`.
+/// `summary.json`, `report.html`, `report.svg`, `report-adaptive.svg` and `table.md` into
+/// `o.out_dir`.
 fn write(o: &Options, d: &Demo) -> Result<Vec<PathBuf>, String> {
     let figure = Figure {
         title: report::surge_title(&d.plan, "through Envoy without and with surgeguard"),
@@ -386,22 +528,46 @@ fn write(o: &Options, d: &Demo) -> Result<Vec<PathBuf>, String> {
         pool_size: d.pool_size,
         knee: d.summary.database.full_speed_queries,
         runs: sides(&d.without, &d.with),
+        incident: Some(d.incident),
+    };
+    let adaptive_figure = Figure {
+        title: report::surge_title(&d.plan, "with the static in-flight limit and with the adaptive one"),
+        runs: adaptive_sides(&d.with, &d.adaptive),
+        ..figure
     };
     let summary = write_json(&d.summary)?;
     let page = Page {
         heading: "surgeguard demo: the postmortem's surge, without and with the filter",
         settings: &settings(d),
-        extra_html: "",
+        extra_html: &adaptive_html(d, &adaptive_figure),
     };
     let html = report::html(&figure, &d.claims, &page);
     let svg = report::svg(&figure);
+    let adaptive_svg = report::svg(&adaptive_figure);
     write_outputs(
         &o.out_dir,
         &[
             ("summary.json", &summary),
             ("report.html", html.as_bytes()),
             ("report.svg", svg.as_bytes()),
+            ("report-adaptive.svg", adaptive_svg.as_bytes()),
             ("table.md", d.markdown_table.as_bytes()),
         ],
     )
+}
+
+/// The report's section on the adaptive run: what it was, its table and its figure.
+fn adaptive_html(d: &Demo, figure: &Figure) -> String {
+    let a = &d.summary.adaptive;
+    let mut h = String::from("<h2>The static limit against the adaptive one</h2>\n");
+    h.push_str(&format!(
+        "<p>The static run's in-flight limit (24, with reserves) was sized by hand from the database's pool and query time. The adaptive run replaces it with <code>{}</code>: no number sized from the database; the limit L follows the database's latency. {}. {}. In the figure, L is dotted (above the panel's scale it is drawn at its top edge).</p>\n",
+        report::escape(ADAPTIVE_CONCURRENCY),
+        report::escape(&a.limit.map(|l| l.describe(&d.incident)).unwrap_or_else(|| "L was not sampled".into())),
+        report::escape(&goodput_line(a)),
+    ));
+    let [s, ad] = figure.runs;
+    report::kinds_table(&mut h, d.pool_size, s, ad);
+    h.push_str(&report::svg(figure));
+    h
 }

@@ -149,7 +149,7 @@ pub struct ArmResult {
 impl ArmResult {
     /// Requests not refused by the filters (served or failed), per second of `phase`.
     pub fn admitted_per_s(&self, plan: &Plan, phase: Phase) -> f64 {
-        let (from, to) = phase_bounds(plan, phase);
+        let (from, to) = plan.phase_bounds_s(phase);
         let admitted =
             self.run.outcomes.iter().filter(|o| o.label.phase == phase && o.verdict() != Verdict::Refused).count();
         if to > from {
@@ -183,15 +183,6 @@ fn round4(x: f64) -> f64 {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-/// `[start, end)` of a phase, in seconds.
-fn phase_bounds(plan: &Plan, phase: Phase) -> (f64, f64) {
-    match phase {
-        Phase::Calm => (0.0, plan.surge_start_s()),
-        Phase::Surge => (plan.surge_start_s(), plan.surge_end_s()),
-        Phase::Recovery => (plan.surge_end_s(), plan.duration_s),
-    }
 }
 
 /// The fleet's lease calls and mode switches over a run.
@@ -386,7 +377,8 @@ fn run_arm(
         }
     }
     let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
-    let run = Run { key: arm.key(), outcomes, pool: stack.storefront.db.stats(), db_in_use, filter_counters };
+    let run =
+        Run { key: arm.key(), outcomes, pool: stack.storefront.db.stats(), db_in_use, filter_counters, limit: vec![] };
     Ok(ArmResult { run, envoys, config: relative(&bootstrap(o, arm)) })
 }
 
@@ -481,7 +473,7 @@ pub fn claims(plan: &Plan, pool_size: u32, limit: &FleetLimit, per_envoy: &ArmRe
     let mut out = Vec::new();
     let mut claim =
         |claim: &str, holds: bool, evidence: String| out.push(Claim { claim: claim.into(), holds, evidence });
-    let (surge_from, surge_to) = phase_bounds(plan, Phase::Surge);
+    let (surge_from, surge_to) = plan.phase_bounds_s(Phase::Surge);
     let surge_s = surge_to - surge_from;
     let rate = limit.tokens_per_second;
 
@@ -716,6 +708,7 @@ fn write(o: &Options, d: &FleetDemo) -> Result<Vec<PathBuf>, String> {
         pool_size: d.pool_size,
         knee: d.summary.database.full_speed_queries,
         runs: sides(&d.per_envoy.run, &d.fleet.run),
+        incident: None,
     };
     let summary = write_json(&d.summary)?;
     let extra = fleet_html(d);
@@ -807,7 +800,7 @@ mod tests {
         };
         let filter_counters = counters.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         ArmResult {
-            run: Run { key, outcomes, pool, db_in_use: vec![], filter_counters },
+            run: Run { key, outcomes, pool, db_in_use: vec![], filter_counters, limit: vec![] },
             envoys,
             config: String::new(),
         }

@@ -3,8 +3,10 @@
 //! A storefront ([`storefront`]) whose every page needs one query on a database tier with a
 //! fixed connection pool ([`pool`], [`db`]; or a real PostgreSQL, [`pg`]) receives a traffic mix
 //! ([`traffic`]) that surges several-fold ([`schedule`]), sent open-loop ([`load`]) through a
-//! real Envoy twice: without the filter and with surgeguard ([`demo`]; the shipped config is
-//! pointed at this machine, and its filter removed for the first run, by the harness). The
+//! real Envoy three times: without the filter, with surgeguard as shipped, and with surgeguard's
+//! in-flight limit made adaptive ([`demo`]; the shipped config is pointed at this machine, and its
+//! filter removed for the first run, by the harness). Halfway through the surge the database
+//! itself slows down ([`incident`]); the adaptive limit is sampled from Envoy ([`gauge`]). The
 //! results ([`outcome`], [`summary`]) become a terminal table ([`table`]), `summary.json` and
 //! an HTML report with plots ([`report`]). `--live` ([`live`], [`ecds`], [`live_report`]) instead
 //! runs once with the filter configured over ECDS and changes a limit mid-run. `--fleet`
@@ -18,6 +20,8 @@ pub mod db;
 pub mod demo;
 pub mod ecds;
 pub mod fleet;
+pub mod gauge;
+pub mod incident;
 pub mod interrupt;
 pub mod live;
 pub mod live_report;

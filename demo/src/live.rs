@@ -394,6 +394,7 @@ pub fn run(o: &Options, cancel: &Arc<AtomicBool>) -> Result<LiveDemo, String> {
         pool: stack.storefront.db.stats(),
         db_in_use: surge.db_in_use,
         filter_counters: scraped.filter_counters.clone(),
+        limit: vec![],
     };
     let envoy_pid = stack.envoy.pid();
     let judged = judge(&prepared.plan, &run, &surge.change, &scraped, envoy_pid);

@@ -1,11 +1,13 @@
-//! The report: one SVG figure (database connections in use over time, both runs; then per
-//! traffic kind, served / refused / failed per second, two runs side by side (without and with the
-//! filter; per-Envoy and fleet-wide limits),
-//! same scale per row) and a self-contained HTML page around it (no scripts, nothing fetched).
+//! The report: an SVG figure of two runs (database connections in use over time, both runs, with
+//! the adaptive limit L dotted for a run that has one and the database's own slowdown as a band;
+//! then per traffic kind, served / refused / failed per second, the two runs side by side: without
+//! and with the filter, the static and the adaptive limit, per-Envoy and fleet-wide limits; same
+//! scale per row) and a self-contained HTML page around it (no scripts, nothing fetched).
 //!
 //! Invariant: the figure is drawn only from the measured runs; every row of a kind shares one
 //! y scale, so the two runs compare at a glance.
 
+use crate::incident::Incident;
 use crate::outcome::Verdict;
 use crate::schedule::Plan;
 use crate::summary::{Claim, Side, Stats, BIN_S, DB_SAMPLE_MS};
@@ -18,6 +20,8 @@ const GAP: f64 = 44.0;
 pub(crate) const PANEL_H: f64 = 110.0;
 const ROW_H: f64 = 158.0;
 const DB_H: f64 = 150.0;
+/// The band of the database's own slowdown.
+const SLOW: &str = "#8e24aa";
 pub(crate) const TOP: f64 = 66.0;
 
 pub(crate) const SERVED: &str = "#2e7d32";
@@ -36,6 +40,8 @@ pub struct Figure<'a> {
     /// The modelled database's full-speed concurrency, when the model runs.
     pub knee: Option<u32>,
     pub runs: [Side<'a>; 2],
+    /// When the database itself was slow (a band on every panel), if it was.
+    pub incident: Option<Incident>,
 }
 
 /// The page around the figure: its heading, the line on how the runs were made, and what only
@@ -145,6 +151,22 @@ impl Panel {
         );
     }
 
+    /// A tinted band from `from_s` to `to_s`, labelled at its top.
+    pub(crate) fn band(&self, svg: &mut String, from_s: f64, to_s: f64, label: &str) {
+        let (x0, x1) = (self.px(from_s), self.px(to_s));
+        let _ = writeln!(
+            svg,
+            r##"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{SLOW}" fill-opacity="0.08"/>
+<text x="{:.1}" y="{:.1}" class="s" text-anchor="middle">{}</text>"##,
+            self.y,
+            x1 - x0,
+            self.h,
+            (x0 + x1) / 2.0,
+            self.y + 22.0,
+            escape(label),
+        );
+    }
+
     pub(crate) fn line(&self, svg: &mut String, points: &[(f64, f64)], color: &str, dash: Option<&str>) {
         let pts: Vec<String> = points.iter().map(|(t, v)| format!("{:.1},{:.1}", self.px(*t), self.py(*v))).collect();
         let dash = dash.map_or(String::new(), |d| format!(r#" stroke-dasharray="{d}""#));
@@ -201,14 +223,23 @@ pub fn svg(f: &Figure) -> String {
         x_max_s: d,
         y_max: nice_ceil(f64::from(f.pool_size) * 1.15),
     };
-    db.frame(&mut svg, "Database connections in use (the most in each 100 ms)", f.plan, "connections");
     let [a, b] = f.runs;
-    legend(
-        &mut svg,
-        LEFT + 440.0,
-        TOP - 10.0,
-        &[(a.label, FIRST, None), (b.label, WITH, None), ("pool size", "#555", Some("6 4"))],
-    );
+    let with_limit = [a, b].iter().any(|s| !s.run.limit.is_empty());
+    let db_title = if with_limit {
+        "Database connections in use (the most in each 100 ms) and the adaptive limit L"
+    } else {
+        "Database connections in use (the most in each 100 ms)"
+    };
+    db.frame(&mut svg, db_title, f.plan, "connections");
+    let slow_label = |i: &Incident| format!("database {}x slower", i.slowdown);
+    if let Some(i) = &f.incident {
+        db.band(&mut svg, i.from_s, i.until_s, &slow_label(i));
+    }
+    let mut items = vec![(a.label, FIRST, None), (b.label, WITH, None), ("pool size", "#555", Some("6 4"))];
+    if with_limit {
+        items.push(("L, the adaptive limit", WITH, Some("2 2")));
+    }
+    legend(&mut svg, if with_limit { LEFT + 300.0 } else { LEFT + 440.0 }, TOP - 10.0, &items);
     let pool = f64::from(f.pool_size);
     db.line(&mut svg, &[(0.0, pool), (d, pool)], "#555", Some("6 4"));
     if let Some(knee) = f.knee {
@@ -223,6 +254,11 @@ pub fn svg(f: &Figure) -> String {
     }
     db.line(&mut svg, &db_points(&a.run.db_in_use), FIRST, None);
     db.line(&mut svg, &db_points(&b.run.db_in_use), WITH, None);
+    for (side, color) in [(a, FIRST), (b, WITH)] {
+        if !side.run.limit.is_empty() {
+            db.line(&mut svg, &db_points(&side.run.limit), color, Some("2 2"));
+        }
+    }
 
     let col_w = (W - LEFT - 20.0 - GAP) / 2.0;
     let runs = [(a.label, a.run), (b.label, b.run)];
@@ -259,6 +295,9 @@ pub fn svg(f: &Figure) -> String {
             let s: Stats = run.kind(*kind);
             let title = format!("{}: {} served, {} refused, {} failed", kind.name(), s.served, s.refused, s.failed);
             p.frame(&mut svg, &title, f.plan, "");
+            if let Some(i) = &f.incident {
+                p.band(&mut svg, i.from_s, i.until_s, &slow_label(i));
+            }
             for (v, pts) in Verdict::ALL.iter().zip(&series[col]) {
                 let color = match v {
                     Verdict::Served => SERVED,
@@ -287,26 +326,10 @@ pub fn claims_html(h: &mut String, claims: &[Claim]) {
     }
 }
 
-pub fn html(f: &Figure, claims: &[Claim], page: &Page) -> String {
-    let [a, b] = f.runs;
-    let mut h = String::from(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>surgeguard demo report</title>
-<style>
-body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1040px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;font-variant-numeric:tabular-nums;margin:1em 0}
-th,td{padding:3px 9px;text-align:right;border-bottom:1px solid #e4e4e4}
-th{background:#f6f6f6}td:first-child,th:first-child{text-align:left}
-.sep{border-left:2px solid #bbb}.ok{color:#2e7d32}.no{color:#c62828;font-weight:700}
-code{background:#f3f3f3;padding:0 3px}svg{max-width:100%;height:auto}
-</style></head><body>
-"#,
-    );
-    let _ = writeln!(h, "<h1>{}</h1>", escape(page.heading));
-    let _ = writeln!(h, "<p>{}</p>", escape(page.settings));
-    h.push_str("<h2>What the runs show</h2>\n<ul>\n");
-    claims_html(&mut h, claims);
-    h.push_str("</ul>\n<h2>Per traffic kind</h2>\n<table>\n");
+/// Per kind (then all), offered and each run's served, refused, failed and percentiles; then the
+/// database's peak connections in use.
+pub fn kinds_table(h: &mut String, pool_size: u32, a: Side, b: Side) {
+    h.push_str("<table>\n");
     let _ = write!(
         h,
         r#"<tr><th></th><th></th><th class="sep" colspan="5">{}</th><th class="sep" colspan="5">{}</th></tr>"#,
@@ -336,13 +359,35 @@ code{background:#f3f3f3;padding:0 3px}svg{max-width:100%;height:auto}
     }
     let _ = writeln!(
         h,
-        "</table>\n<p>Database connections in use at peak (pool of {}): {} <b>{}</b>, {} <b>{}</b>.</p>",
-        f.pool_size,
+        "</table>\n<p>Database connections in use at peak (pool of {pool_size}): {} <b>{}</b>, {} <b>{}</b>.</p>",
         escape(a.label),
         a.run.pool.peak_in_use,
         escape(b.label),
         b.run.pool.peak_in_use
     );
+}
+
+pub fn html(f: &Figure, claims: &[Claim], page: &Page) -> String {
+    let [a, b] = f.runs;
+    let mut h = String::from(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>surgeguard demo report</title>
+<style>
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1040px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;font-variant-numeric:tabular-nums;margin:1em 0}
+th,td{padding:3px 9px;text-align:right;border-bottom:1px solid #e4e4e4}
+th{background:#f6f6f6}td:first-child,th:first-child{text-align:left}
+.sep{border-left:2px solid #bbb}.ok{color:#2e7d32}.no{color:#c62828;font-weight:700}
+code{background:#f3f3f3;padding:0 3px}svg{max-width:100%;height:auto}
+</style></head><body>
+"#,
+    );
+    let _ = writeln!(h, "<h1>{}</h1>", escape(page.heading));
+    let _ = writeln!(h, "<p>{}</p>", escape(page.settings));
+    h.push_str("<h2>What the runs show</h2>\n<ul>\n");
+    claims_html(&mut h, claims);
+    h.push_str("</ul>\n<h2>Per traffic kind</h2>\n");
+    kinds_table(&mut h, f.pool_size, a, b);
     h.push_str(page.extra_html);
     h.push_str("<h2>Over time</h2>\n");
     h.push_str(&svg(f));
@@ -351,8 +396,8 @@ code{background:#f3f3f3;padding:0 3px}svg{max-width:100%;height:auto}
 <ul>
 <li><b>served</b>: 2xx. <b>refused</b>: 429 or 503 from surgeguard (it names its cause in <code>x-surgeguard</code>). <b>failed</b>: anything else — mostly 500 from the storefront when no database connection came free within the pool-wait timeout, and client timeouts.</li>
 <li>Latency counts from the moment a request was due (open-loop load), for every request of the kind whatever its outcome; a refusal is fast, a failure is usually the pool-wait timeout.</li>
-<li>Both runs replay the same schedule of requests: the same offered load, request for request.</li>
-<li>The curves count requests by the second they were sent; the grey band is the surge.</li>
+<li>Every run replays the same schedule of requests: the same offered load, request for request.</li>
+<li>The curves count requests by the second they were sent; the grey band is the surge, the tinted band the time the database itself was slower.</li>
 </ul>
 </body></html>
 "#,

@@ -87,6 +87,15 @@ impl Plan {
         self.duration_s * (CALM_SHARE + SURGE_SHARE)
     }
 
+    /// `phase`'s `[start, end)` in seconds from the start of the run.
+    pub fn phase_bounds_s(&self, phase: Phase) -> (f64, f64) {
+        match phase {
+            Phase::Calm => (0.0, self.surge_start_s()),
+            Phase::Surge => (self.surge_start_s(), self.surge_end_s()),
+            Phase::Recovery => (self.surge_end_s(), self.duration_s),
+        }
+    }
+
     /// The plan as the summaries record it, with the number of requests it offered.
     pub fn summary(&self, offered: usize) -> PlanSummary {
         PlanSummary {

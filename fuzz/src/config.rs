@@ -52,7 +52,12 @@ fn check_matcher(m: &Matcher, policy: &Policy) {
     if let Some(h) = &m.header {
         assert!(h.slot < policy.header_names.len(), "header slot out of range");
         if h.ignore_case {
-            if let HeaderTest::Exact(v) | HeaderTest::Prefix(v) | HeaderTest::Contains(v) = &h.test {
+            let value = match &h.test {
+                HeaderTest::Exact(v) | HeaderTest::Prefix(v) => Some(v.as_slice()),
+                HeaderTest::Contains(n) => Some(n.pattern()),
+                HeaderTest::Present(_) => None,
+            };
+            if let Some(v) = value {
                 assert!(!v.iter().any(u8::is_ascii_uppercase), "ignore_case compares lower-case values");
             }
         }

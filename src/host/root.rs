@@ -68,6 +68,18 @@ fn plugin_name() -> String {
         .unwrap_or_default()
 }
 
+/// Says so when another module version's shared state is in this process (an upgrade or a
+/// rollback under the same `vm_id`): this module leaves it alone (see `format`).
+fn log_other_formats() {
+    let others = crate::format::other_formats_present(&HostStore);
+    if !others.is_empty() {
+        log::info!(
+            "surgeguard: shared data format {}; state of format {others:?} (another module version) is left alone",
+            crate::format::FORMAT_VERSION
+        );
+    }
+}
+
 impl Context for SurgeguardRoot {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         self.lease_calls.answered(token_id, status_code, response_size, now_ns());
@@ -109,10 +121,13 @@ impl RootContext for SurgeguardRoot {
                 return false;
             }
         };
-        let namespace = format!("surgeguard/{}", plugin_name());
+        let namespace = crate::format::namespace(&plugin_name());
         let configured_at_ns = now_ns();
         let instance = instance_id(configured_at_ns);
         let seed = agree_on_seed(&HostStore, configured_at_ns, instance);
+        if self.in_force.is_none() {
+            log_other_formats();
+        }
         let admission = Admission::new(policy, &namespace, seed);
         // Failing here is not fatal: a decision that finds no record still works (see there).
         let _ = admission.create_record(&HostStore);

@@ -314,6 +314,9 @@ fn run(a: &Args) -> Result<Value, String> {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        // Envoy's `response.code` at the stream's end: a u64, little-endian (read by an
+        // adaptive in-flight limit, which takes its latency and error samples there).
+        .chain([("response.code".to_string(), 200u64.to_le_bytes().to_vec())])
         .collect(),
         now_ns: 1_700_000_000_000_000_000,
         ..Host::default()

@@ -1,7 +1,8 @@
 //! The adaptive in-flight limit in a real Envoy (2 workers) in front of a database-like upstream
 //! (8 connections: latency grows with concurrency past 8; its pool fails past 32). The only
 //! number configured is a ceiling far above the knee: the limit finds the knee itself, falls
-//! when the database slows, and climbs back when it recovers; checkout is served throughout.
+//! when the database slows, and comes back to where it had settled when the database recovers;
+//! checkout is served throughout.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,12 @@ impl Phase {
     fn db_peak(&self, share: f64) -> u64 {
         self.tail(share).iter().map(|s| s.db_peak).max().unwrap_or(0)
     }
+    /// The median of L over the last `share` of the phase.
+    fn median_limit(&self, share: f64) -> u64 {
+        let mut l: Vec<u64> = self.tail(share).iter().map(|s| s.limit).collect();
+        l.sort_unstable();
+        l.get(l.len() / 2).copied().unwrap_or(0)
+    }
 }
 
 /// Open-loop load at `rate_per_s`: one checkout (critical) in 20, the rest browse.
@@ -91,7 +98,7 @@ fn run_phase(
 }
 
 #[test]
-fn the_limit_finds_the_knee_falls_when_the_database_slows_and_climbs_back() {
+fn the_limit_finds_the_knee_falls_when_the_database_slows_and_comes_back_when_it_recovers() {
     let db = Database::start(CONNECTIONS, POOL, SERVICE).unwrap();
     let config = format!(
         r#"{{"classes": [{{"name": "critical"}}, {{"name": "browse", "reserve": 0.25}}],
@@ -138,6 +145,12 @@ fn the_limit_finds_the_knee_falls_when_the_database_slows_and_climbs_back() {
     let _ = sampler.join();
     let last = samples.lock().unwrap().last().copied();
     eprintln!(
+        "L median over the last 40%: surge {}, slow {}, restored {}",
+        surge.median_limit(0.4),
+        slow.median_limit(0.4),
+        restored.median_limit(0.4)
+    );
+    eprintln!(
         "last sample {last:?}; decreases {}, increases {}, baseline {} us, pool exhausted {} times",
         envoy.metric("surgeguard.adaptive.decreases"),
         envoy.metric("surgeguard.adaptive.increases"),
@@ -151,9 +164,10 @@ fn the_limit_finds_the_knee_falls_when_the_database_slows_and_climbs_back() {
     let (lo, hi) = surge.limits(0.4);
     assert!(lo >= CONNECTIONS / 2 && hi <= 4 * CONNECTIONS, "L settled at {lo}..{hi}, knee {CONNECTIONS}");
     assert!(surge.db_peak(0.4) <= 2 * CONNECTIONS, "database peak {} once settled", surge.db_peak(0.4));
-    // The first second of the surge, while L comes down from where calm left it, exhausts the
-    // pool a few times; checkout is served from then on.
-    assert!(surge.served_pct("checkout") >= 90.0, "checkout {:.1}%", surge.served_pct("checkout"));
+    // Calm left L near twice the traffic in flight, so the surge meets it within a window or two;
+    // the first second may still admit past the knee (L acts once per window), so checkout is
+    // held to 95% in this phase, and served from then on.
+    assert!(surge.served_pct("checkout") >= 95.0, "checkout {:.1}%", surge.served_pct("checkout"));
     // The database slows: L does not climb (it falls when the surge left it above the knee; a
     // connection-bound database keeps its knee in connections, so L may already be there), and
     // the database stays below its pool.
@@ -161,10 +175,14 @@ fn the_limit_finds_the_knee_falls_when_the_database_slows_and_climbs_back() {
     assert!(slow_lo <= lo, "L went from {lo} to {slow_lo} while the database was slow");
     assert!(slow.db_peak(0.5) < POOL, "database peak {} while slow", slow.db_peak(0.5));
     assert!(slow.served_pct("checkout") >= 90.0, "checkout {:.1}% while slow", slow.served_pct("checkout"));
-    // Restored: L does not fall further, and climbs where the slow phase had cut it below the
-    // knee. (How far it climbs back is open: docs/adaptive.md.)
-    let (_, restored_hi) = restored.limits(0.5);
-    assert!(restored_hi >= slow_lo, "L went from {slow_lo} down to {restored_hi} after the database recovered");
+    // Restored: L comes back to where the surge had settled it (within 30%), so the database is
+    // used as before it slowed.
+    let settled = surge.median_limit(0.4);
+    let back = restored.median_limit(0.4);
+    assert!(
+        back.abs_diff(settled) * 10 <= 3 * settled,
+        "L settled at {settled} in the surge and at {back} after the database recovered"
+    );
     assert!(restored.served_pct("checkout") >= 95.0);
     assert!(envoy.metric("surgeguard.adaptive.decreases") > 0);
     assert!(envoy.metric("surgeguard.adaptive.increases") > 0);

@@ -2,6 +2,7 @@
 
 use crate::config::{HeaderTest, Matcher, Policy};
 use crate::ids::ClassId;
+use std::cell::OnceCell;
 
 /// What the core reads of a request. The host implements it lazily (an attribute is fetched
 /// the first time a rule or limit reads it); [`Request`] is the plain version for tests and tools.
@@ -37,6 +38,59 @@ pub fn address_without_port(addr: &[u8]) -> &[u8] {
     match ip {
         [b'[', inner @ .., b']'] => inner,
         _ => ip,
+    }
+}
+
+/// Where a host reads a request's attributes: Envoy's header map and its attributes.
+pub trait RequestSource {
+    /// A value as the host hands it over: owned where the host copies it (proxy-wasm), borrowed
+    /// where it does not (a dynamic module, for the length of the hook).
+    type Bytes: AsRef<[u8]> + Default;
+    /// A request header, pseudo-headers (`:method`, `:path`) included; `None` if absent.
+    fn header(&self, name: &str) -> Option<Self::Bytes>;
+    /// The downstream address as Envoy reports it, with its port.
+    fn source_address(&self) -> Self::Bytes;
+}
+
+/// The request as the core reads it over a host: each attribute is fetched the first time a
+/// rule or limit needs it (a rule whose path test fails never fetches `:method`), then kept.
+/// The one request view of both builds.
+pub struct LazyRequest<'n, S: RequestSource> {
+    source: S,
+    header_names: &'n [String],
+    method: OnceCell<S::Bytes>,
+    path: OnceCell<S::Bytes>,
+    headers: Vec<OnceCell<Option<S::Bytes>>>,
+    source_address: OnceCell<S::Bytes>,
+}
+
+impl<'n, S: RequestSource> LazyRequest<'n, S> {
+    /// `header_names`: the policy's [`Policy::header_names`], read by slot.
+    pub fn new(source: S, header_names: &'n [String]) -> LazyRequest<'n, S> {
+        LazyRequest {
+            source,
+            header_names,
+            method: OnceCell::new(),
+            path: OnceCell::new(),
+            headers: header_names.iter().map(|_| OnceCell::new()).collect(),
+            source_address: OnceCell::new(),
+        }
+    }
+}
+
+impl<S: RequestSource> RequestView for LazyRequest<'_, S> {
+    fn method(&self) -> &[u8] {
+        self.method.get_or_init(|| self.source.header(":method").unwrap_or_default()).as_ref()
+    }
+    fn path(&self) -> &[u8] {
+        strip_query(self.path.get_or_init(|| self.source.header(":path").unwrap_or_default()).as_ref())
+    }
+    fn header(&self, slot: usize) -> Option<&[u8]> {
+        let name = self.header_names.get(slot)?;
+        self.headers.get(slot)?.get_or_init(|| self.source.header(name)).as_ref().map(AsRef::as_ref)
+    }
+    fn client_ip(&self) -> &[u8] {
+        address_without_port(self.source_address.get_or_init(|| self.source.source_address()).as_ref())
     }
 }
 
@@ -307,5 +361,44 @@ mod tests {
                 prop_assert_eq!(needle.found_in(&value, ignore_case), naive(&value, &pattern, ignore_case));
             }
         }
+    }
+
+    /// A host that counts what it is asked for.
+    struct CountingSource {
+        headers: Vec<(&'static str, &'static [u8])>,
+        fetched: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl RequestSource for &CountingSource {
+        type Bytes = Vec<u8>;
+        fn header(&self, name: &str) -> Option<Vec<u8>> {
+            self.fetched.borrow_mut().push(name.to_string());
+            self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_vec())
+        }
+        fn source_address(&self) -> Vec<u8> {
+            self.fetched.borrow_mut().push("source.address".to_string());
+            b"[::1]:8080".to_vec()
+        }
+    }
+
+    #[test]
+    fn a_lazy_request_fetches_each_attribute_once_and_only_when_read() {
+        let source = CountingSource {
+            headers: vec![(":method", b"POST"), (":path", b"/checkout?step=2"), ("user-agent", b"curl")],
+            fetched: Default::default(),
+        };
+        let names = vec!["user-agent".to_string(), "x-absent".to_string()];
+        let req = LazyRequest::new(&source, &names);
+        assert!(source.fetched.borrow().is_empty(), "nothing is fetched before it is read");
+        assert_eq!(req.path(), b"/checkout");
+        assert_eq!(req.path(), b"/checkout");
+        assert_eq!(req.header(1), None);
+        assert_eq!(req.header(1), None);
+        assert_eq!(req.header(0), Some(&b"curl"[..]));
+        assert_eq!(req.header(2), None, "a slot the policy has not");
+        assert_eq!(req.client_ip(), b"::1");
+        assert_eq!(req.client_ip(), b"::1");
+        assert_eq!(*source.fetched.borrow(), [":path", "x-absent", "user-agent", "source.address"]);
+        assert_eq!(req.method(), b"POST");
     }
 }

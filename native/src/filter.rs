@@ -8,10 +8,10 @@ use crate::abi;
 use crate::config::{lock, Serving};
 use crate::envoy::now_ns;
 use crate::store::STORE;
-use std::cell::OnceCell;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use surgeguard::adaptive::WindowStats;
-use surgeguard::classify::{address_without_port, strip_query, RequestView};
+use surgeguard::classify::{LazyRequest, RequestSource};
 use surgeguard::config::{Mode, Policy};
 use surgeguard::decision::{Decision, Verdict};
 use surgeguard::ids::ClassId;
@@ -35,7 +35,7 @@ impl StreamFilter {
     pub fn on_request_headers(&mut self, envoy: abi::FilterEnvoyPtr) -> i32 {
         let s = &*self.serving;
         let policy = &s.admission.policy;
-        let req = HostRequest::new(envoy, &policy.header_names);
+        let req = LazyRequest::new(HookRequest { envoy, hook: PhantomData }, &policy.header_names);
         let now = now_ns();
         let decision = s.admission.decide(&req, now, s.instance, &STORE);
         for_each_counter(policy, &decision, |i| s.metrics.bump(i));
@@ -159,7 +159,8 @@ fn header<'h>(envoy: abi::FilterEnvoyPtr, name: &str) -> Option<&'h [u8]> {
     (found && count > 0 && !value.ptr.is_null()).then(|| unsafe { value.as_bytes() })
 }
 
-fn client_ip<'h>(envoy: abi::FilterEnvoyPtr) -> &'h [u8] {
+/// The downstream address with its port, borrowed as a header is.
+fn source_address<'h>(envoy: abi::FilterEnvoyPtr) -> &'h [u8] {
     let mut value = abi::EnvoyBuffer::EMPTY;
     // SAFETY: as in `header`.
     let found = unsafe {
@@ -170,46 +171,26 @@ fn client_ip<'h>(envoy: abi::FilterEnvoyPtr) -> &'h [u8] {
         )
     };
     // SAFETY: as in `header`.
-    let addr = if found { unsafe { value.as_bytes() } } else { &[] };
-    address_without_port(addr)
+    if found {
+        unsafe { value.as_bytes() }
+    } else {
+        &[]
+    }
 }
 
-/// The request as the core reads it: each attribute is fetched from Envoy the first time a
-/// rule or limit needs it, then kept (borrowed, for this hook).
-struct HostRequest<'h> {
+/// Envoy's request during one hook, read without copies: a value lives until the hook returns,
+/// and so does the `LazyRequest` over it.
+struct HookRequest<'h> {
     envoy: abi::FilterEnvoyPtr,
-    header_names: &'h [String],
-    method: OnceCell<&'h [u8]>,
-    path: OnceCell<&'h [u8]>,
-    headers: Vec<OnceCell<Option<&'h [u8]>>>,
-    client_ip: OnceCell<&'h [u8]>,
+    hook: PhantomData<&'h ()>,
 }
 
-impl<'h> HostRequest<'h> {
-    fn new(envoy: abi::FilterEnvoyPtr, header_names: &'h [String]) -> HostRequest<'h> {
-        HostRequest {
-            envoy,
-            header_names,
-            method: OnceCell::new(),
-            path: OnceCell::new(),
-            headers: header_names.iter().map(|_| OnceCell::new()).collect(),
-            client_ip: OnceCell::new(),
-        }
+impl<'h> RequestSource for HookRequest<'h> {
+    type Bytes = &'h [u8];
+    fn header(&self, name: &str) -> Option<&'h [u8]> {
+        header(self.envoy, name)
     }
-}
-
-impl RequestView for HostRequest<'_> {
-    fn method(&self) -> &[u8] {
-        self.method.get_or_init(|| header(self.envoy, ":method").unwrap_or_default())
-    }
-    fn path(&self) -> &[u8] {
-        strip_query(self.path.get_or_init(|| header(self.envoy, ":path").unwrap_or_default()))
-    }
-    fn header(&self, slot: usize) -> Option<&[u8]> {
-        let name = self.header_names.get(slot)?;
-        *self.headers.get(slot)?.get_or_init(|| header(self.envoy, name))
-    }
-    fn client_ip(&self) -> &[u8] {
-        self.client_ip.get_or_init(|| client_ip(self.envoy))
+    fn source_address(&self) -> &'h [u8] {
+        source_address(self.envoy)
     }
 }

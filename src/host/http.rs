@@ -5,7 +5,7 @@
 
 use super::adapters::{now_ns, HostStore};
 use super::root::ConfigInForce;
-use crate::classify::{address_without_port, strip_query, RequestView};
+use crate::classify::{LazyRequest, RequestSource};
 use crate::config::{Mode, Policy};
 use crate::decision::{Decision, Verdict};
 use crate::ids::ClassId;
@@ -14,7 +14,6 @@ use crate::response::refusal;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
-use std::cell::OnceCell;
 use std::rc::Rc;
 
 pub struct RequestFilter {
@@ -81,51 +80,16 @@ fn record_sample(config: &ConfigInForce, class: ClassId, admitted_ns: u64, now: 
     }
 }
 
-fn header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
-}
+/// Envoy's request, read through proxy-wasm (each value copied into the VM).
+struct ProxyWasmRequest;
 
-/// The downstream address without its port (see `classify::address_without_port`).
-fn client_ip() -> Vec<u8> {
-    let addr = hostcalls::get_property(vec!["source", "address"]).ok().flatten().unwrap_or_default();
-    address_without_port(&addr).to_vec()
-}
-
-/// The request as the core reads it: each attribute is fetched from Envoy the first time a
-/// rule or limit needs it (a rule whose path test fails never fetches `:method`), then kept.
-struct HostRequest<'p> {
-    header_names: &'p [String],
-    method: OnceCell<Vec<u8>>,
-    path: OnceCell<Vec<u8>>,
-    headers: Vec<OnceCell<Option<Vec<u8>>>>,
-    client_ip: OnceCell<Vec<u8>>,
-}
-
-impl<'p> HostRequest<'p> {
-    fn new(header_names: &'p [String]) -> HostRequest<'p> {
-        HostRequest {
-            header_names,
-            method: OnceCell::new(),
-            path: OnceCell::new(),
-            headers: header_names.iter().map(|_| OnceCell::new()).collect(),
-            client_ip: OnceCell::new(),
-        }
+impl RequestSource for ProxyWasmRequest {
+    type Bytes = Vec<u8>;
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
     }
-}
-
-impl RequestView for HostRequest<'_> {
-    fn method(&self) -> &[u8] {
-        self.method.get_or_init(|| header(":method").unwrap_or_default())
-    }
-    fn path(&self) -> &[u8] {
-        strip_query(self.path.get_or_init(|| header(":path").unwrap_or_default()))
-    }
-    fn header(&self, slot: usize) -> Option<&[u8]> {
-        let name = self.header_names.get(slot)?;
-        self.headers.get(slot)?.get_or_init(|| header(name)).as_deref()
-    }
-    fn client_ip(&self) -> &[u8] {
-        self.client_ip.get_or_init(client_ip)
+    fn source_address(&self) -> Vec<u8> {
+        hostcalls::get_property(vec!["source", "address"]).ok().flatten().unwrap_or_default()
     }
 }
 
@@ -135,7 +99,7 @@ impl HttpContext for RequestFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let config = Rc::clone(&self.config);
         let policy = &config.admission.policy;
-        let req = HostRequest::new(&policy.header_names);
+        let req = LazyRequest::new(ProxyWasmRequest, &policy.header_names);
         let now = now_ns();
         let decision = config.admission.decide(&req, now, config.instance, &HostStore);
         for_each_counter(policy, &decision, |i| config.metrics.bump(i));

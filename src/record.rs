@@ -10,9 +10,9 @@
 //!   changed gets a new id (a fresh full bucket); an unchanged one keeps its entry over reloads.
 //! - an in-flight entry per VM instance (each Envoy worker runs its own VM): `tag` = top bit 1
 //!   and the instance id, `a` = requests it holds in flight, `b` = its heartbeat.
-//! - a fleet limit's lease (see `lease`): [`LEASE_ENTRIES`] consecutive entries, `tag` = bit 62,
-//!   the limit's bucket id shifted left by 3, and the entry's index; `a`, `b` = two words of the
-//!   lease each. The five are written and dropped together, so they stay consecutive.
+//! - a fleet limit's lease (see `lease`): [`LEASE_ENTRIES`] entries, `tag` = bit 62, the limit's
+//!   bucket id shifted left by 3, and the entry's index; `a`, `b` = two words of the lease each.
+//!   The five are written and dropped together (consecutive as written), and found by tag.
 //! - the adaptive in-flight limit L (see `adaptive`): `tag` = [`ADAPTIVE_LIMIT_TAG`] (bit 61
 //!   alone: no bucket id reaches it, and the two top bits are clear), `a` = L. Written by the
 //!   worker that runs a control window; read by every decision in the read it already makes.
@@ -173,40 +173,53 @@ impl Record {
 
     /// A fleet limit's lease; a fresh one (local mode, a call due) if it has none.
     pub fn lease(&self, id: u64) -> Lease {
-        let Some(first) = self.position(lease_tag(id, 0)) else { return Lease::default() };
+        let Some(positions) = self.lease_positions(id) else { return Lease::default() };
         let mut words = [0u64; crate::lease::WORDS];
-        for (entry, pair) in words.chunks_exact_mut(2).enumerate() {
-            let at = first + entry * ENTRY_BYTES;
-            if self.tag_at(at) != lease_tag(id, entry) {
-                return Lease::default();
-            }
+        for (pair, &at) in words.chunks_exact_mut(2).zip(&positions) {
             (pair[0], pair[1]) = self.values_at(at);
         }
         Lease::from_words(&words)
     }
 
-    /// Writes a fleet limit's lease over the stored one if that is whole (its entries in order
-    /// from the first); else (a torn write, another layout's bytes: entries missing, out of
-    /// order or past the end) drops every entry of it and appends a whole one. Either way no
-    /// other entry is ever overwritten.
+    /// Where each of limit `id`'s lease entries is: the first entry tagged with each index, or
+    /// `None` if one is missing. Found by tag, not by adjacency, so a lease reads the same
+    /// whatever other entries sit between its own (another layout's bytes) and whatever
+    /// `prune` drops from between them.
+    fn lease_positions(&self, id: u64) -> Option<[usize; LEASE_ENTRIES]> {
+        let mut positions = [None; LEASE_ENTRIES];
+        for i in 0..self.entry_count() {
+            let at = i * ENTRY_BYTES;
+            if self.is_lease_entry_of(id, at) {
+                // The entry's index is the tag's low 3 bits; 5 to 7 are no whole lease's.
+                if let Some(slot) = positions.get_mut((self.tag_at(at) & 7) as usize) {
+                    slot.get_or_insert(at);
+                }
+            }
+        }
+        let mut found = [0; LEASE_ENTRIES];
+        for (to, from) in found.iter_mut().zip(positions) {
+            *to = from?;
+        }
+        Some(found)
+    }
+
+    /// Writes a fleet limit's lease over the stored one if that has all its entries (where
+    /// `lease` reads them); else (a torn write, another layout's bytes: entries missing) drops
+    /// every entry of it and appends a whole one. Either way no other entry is ever
+    /// overwritten.
     pub fn set_lease(&mut self, id: u64, lease: &Lease) {
         let words = lease.to_words();
-        let whole = self.position(lease_tag(id, 0)).filter(|&first| {
-            (0..LEASE_ENTRIES).all(|entry| {
-                let at = first + entry * ENTRY_BYTES;
-                at + ENTRY_BYTES <= self.bytes.len() && self.tag_at(at) == lease_tag(id, entry)
-            })
-        });
-        let first = match whole {
-            Some(at) => at,
+        let positions = match self.lease_positions(id) {
+            Some(positions) => positions,
             None => {
                 self.retain(|record, at, _| !record.is_lease_entry_of(id, at));
-                self.bytes.resize(self.bytes.len() + LEASE_ENTRIES * ENTRY_BYTES, 0);
-                self.bytes.len() - LEASE_ENTRIES * ENTRY_BYTES
+                let first = self.bytes.len();
+                self.bytes.resize(first + LEASE_ENTRIES * ENTRY_BYTES, 0);
+                std::array::from_fn(|entry| first + entry * ENTRY_BYTES)
             }
         };
-        for (entry, pair) in words.chunks_exact(2).enumerate() {
-            self.write(first + entry * ENTRY_BYTES, lease_tag(id, entry), pair[0], pair[1]);
+        for (entry, (pair, at)) in words.chunks_exact(2).zip(positions).enumerate() {
+            self.write(at, lease_tag(id, entry), pair[0], pair[1]);
         }
     }
 
@@ -448,6 +461,36 @@ mod tests {
         at_end.set_lease(21, &lease);
         assert_eq!(at_end.lease(21), lease, "written whole, not cut off at the end");
         assert_eq!(at_end.in_flight(T0), 1);
+    }
+
+    // Found by fuzzing (fuzz/pending, then corpus/record/record-pruning-changed-a-lease): a
+    // lease was read only if its entries were adjacent, so pruning a full bucket or a dead
+    // instance from between them (another layout's bytes) changed what it read.
+    #[test]
+    fn a_lease_reads_the_same_whatever_sits_between_its_entries_and_pruning_keeps_it() {
+        let lease = Lease { tokens: 40, fleet_remaining: 900, window_end_ns: T0 + 7, ..Lease::default() };
+        let words = lease.to_words();
+        let mut r = Record::default();
+        for (entry, pair) in words.chunks_exact(2).enumerate() {
+            r.put(lease_tag(21, entry), pair[0], pair[1]);
+            r.set_bucket(100 + entry as u64, T0 - 1);
+            r.put(in_flight_tag(entry as u32), 1, T0 - 2 * LEASE_NS);
+        }
+        assert_eq!(r.lease(21), lease, "found by tag, not by adjacency");
+        r.prune(T0, None);
+        assert_eq!(r.as_bytes().len(), LEASE_ENTRIES * ENTRY_BYTES, "full buckets and dead instances went");
+        assert_eq!(r.lease(21), lease, "pruning changed no lease");
+
+        let next = Lease { tokens: 3, ..lease };
+        let mut spread = Record::default();
+        spread.put(lease_tag(21, 1), 9, 9);
+        spread.set_bucket(11, T0 + 5);
+        for (entry, pair) in words.chunks_exact(2).enumerate() {
+            spread.put(lease_tag(21, entry), pair[0], pair[1]);
+        }
+        spread.set_lease(21, &next);
+        assert_eq!(spread.lease(21), next, "written where it is read");
+        assert_eq!(spread.bucket(11), T0 + 5);
     }
 
     #[test]

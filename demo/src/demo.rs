@@ -26,7 +26,8 @@ use crate::report::{self, Figure, Page};
 use crate::schedule::{Arrival, Phase, Plan};
 use crate::storefront::{BackendSpec, Storefront, StorefrontConfig};
 use crate::summary::{
-    self, Claim, DatabaseSummary, EnvoySummary, LimitFigures, LoadSummary, Run, RunSummary, Runs, Side, DB_SAMPLE_MS,
+    self, round1, Claim, DatabaseSummary, EnvoySummary, LimitFigures, LoadSummary, Run, RunSummary, Runs, Side,
+    DB_SAMPLE_MS,
 };
 use crate::table;
 use crate::traffic::{Kind, Mix, BROWSER_UA};
@@ -496,10 +497,6 @@ fn summarise(
         claims: claims.to_vec(),
         all_claims_hold: claims.iter().all(|c| c.holds),
     }
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
 }
 
 /// The report's line on how the runs were made.

@@ -26,7 +26,7 @@ use crate::outcome::{Outcome, Verdict};
 use crate::report::{self, escape, Figure, Page};
 use crate::schedule::{Arrival, Phase, Plan};
 use crate::storefront::{Storefront, StorefrontConfig};
-use crate::summary::{self, Claim, LoadSummary, Run, RunSummary, Side};
+use crate::summary::{self, round1, Claim, LoadSummary, Run, RunSummary, Side};
 use crate::table;
 use crate::traffic::Kind;
 use serde::Serialize;
@@ -179,10 +179,6 @@ impl ArmResult {
 
 fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
 }
 
 /// The fleet's lease calls and mode switches over a run.

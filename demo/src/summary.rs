@@ -22,9 +22,9 @@ pub struct Stats {
     pub served: u64,
     pub refused: u64,
     pub failed: u64,
-    #[serde(serialize_with = "round1")]
+    #[serde(serialize_with = "serialize_round1")]
     pub p50_ms: f64,
-    #[serde(serialize_with = "round1")]
+    #[serde(serialize_with = "serialize_round1")]
     pub p99_ms: f64,
 }
 
@@ -65,8 +65,13 @@ impl Stats {
     }
 }
 
-fn round1<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64((x * 10.0).round() / 10.0)
+/// To one decimal: how the summaries print rates and percentages.
+pub fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn serialize_round1<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round1(*x))
 }
 
 /// Nearest-rank percentile of sorted microseconds, in milliseconds; 0 for an empty list.

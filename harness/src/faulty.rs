@@ -11,13 +11,13 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::server::{InFlight, Server};
 
 /// `reset` or `stall`; any other value, or none: served.
 pub const FAULT_HEADER: &str = "x-upstream-fault";
@@ -50,7 +50,7 @@ impl FaultyStats {
 pub struct FaultyUpstream {
     pub port: u16,
     pub stats: Arc<FaultyStats>,
-    runtime: Option<tokio::runtime::Runtime>,
+    _server: Server,
 }
 
 /// The service's error: hyper closes the connection without writing a response.
@@ -67,33 +67,20 @@ impl std::error::Error for Reset {}
 
 impl FaultyUpstream {
     pub fn start() -> std::io::Result<FaultyUpstream> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let stats = Arc::new(FaultyStats::default());
-        let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))?;
-        let port = listener.local_addr()?.port();
         let s = Arc::clone(&stats);
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let s = Arc::clone(&s);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let s = Arc::clone(&s);
-                        async move { serve(&s, &req).await }
-                    });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-        });
-        Ok(FaultyUpstream { port, stats, runtime: Some(runtime) })
+        let server = Server::start(move |req: Request<Incoming>| {
+            let s = Arc::clone(&s);
+            async move { serve(&s, &req).await }
+        })?;
+        Ok(FaultyUpstream { port: server.port, stats, _server: server })
     }
 }
 
 async fn serve(s: &Arc<FaultyStats>, req: &Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Reset> {
     s.requests.fetch_add(1, Ordering::SeqCst);
-    s.in_flight.fetch_add(1, Ordering::SeqCst);
     // Counted out however the request ends, also when Envoy drops it mid-stall.
-    let _guard = Leave(Arc::clone(s));
+    let _in_flight = InFlight::enter(&s.in_flight);
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     match header(FAULT_HEADER).as_deref() {
         Some("reset") => {
@@ -112,22 +99,6 @@ async fn serve(s: &Arc<FaultyStats>, req: &Request<hyper::body::Incoming>) -> Re
             }
             s.served.fetch_add(1, Ordering::SeqCst);
             Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
-        }
-    }
-}
-
-struct Leave(Arc<FaultyStats>);
-
-impl Drop for Leave {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Drop for FaultyUpstream {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
         }
     }
 }

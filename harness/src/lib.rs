@@ -6,6 +6,8 @@
 //! - [`faulty`]: an upstream that resets or stalls the requests that ask it to (the soak);
 //! - [`database`]: an upstream whose latency grows with concurrency past a knee, like a
 //!   database with a few connections (the adaptive limit's test);
+//! - [`server`]: what those three share: a listener served on its own runtime, and the
+//!   in-flight count;
 //! - [`client`]: the one HTTP client: requests, open-loop load (a schedule), closed-loop load;
 //! - [`outcome`]: what happened to one request of a load, and whether it was served, refused
 //!   or failed;
@@ -26,6 +28,7 @@ pub mod fleet;
 pub mod outcome;
 pub mod output;
 pub mod rls;
+pub mod server;
 pub mod stats;
 pub mod upstream;
 

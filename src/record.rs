@@ -463,7 +463,7 @@ mod tests {
         assert_eq!(at_end.in_flight(T0), 1);
     }
 
-    // Found by fuzzing (fuzz/pending, then corpus/record/record-pruning-changed-a-lease): a
+    // Found by fuzzing (target `record`, input `fuzz/corpus/record/record-pruning-changed-a-lease`): a
     // lease was read only if its entries were adjacent, so pruning a full bucket or a dead
     // instance from between them (another layout's bytes) changed what it read.
     #[test]

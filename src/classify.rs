@@ -321,12 +321,6 @@ mod tests {
         assert_eq!(class(None, None), "b");
     }
 
-    /// The search a `Needle` replaces: every position, every byte.
-    fn naive(value: &[u8], pattern: &[u8], ignore_case: bool) -> bool {
-        let fold = |b: &u8| if ignore_case { b.to_ascii_lowercase() } else { *b };
-        pattern.is_empty() || value.windows(pattern.len()).any(|w| w.iter().map(fold).eq(pattern.iter().copied()))
-    }
-
     #[test]
     fn a_needle_finds_overlapping_and_self_similar_patterns() {
         for (value, pattern, want) in [
@@ -348,6 +342,12 @@ mod tests {
     mod needle_properties {
         use super::*;
         use proptest::prelude::*;
+
+        /// The search a `Needle` replaces: every position, every byte.
+        fn naive(value: &[u8], pattern: &[u8], ignore_case: bool) -> bool {
+            let fold = |b: &u8| if ignore_case { b.to_ascii_lowercase() } else { *b };
+            pattern.is_empty() || value.windows(pattern.len()).any(|w| w.iter().map(fold).eq(pattern.iter().copied()))
+        }
 
         proptest! {
             // A small alphabet makes near-matches, where a wrong border table shows.

@@ -186,21 +186,25 @@ impl Record {
     /// whatever other entries sit between its own (another layout's bytes) and whatever
     /// `prune` drops from between them.
     fn lease_positions(&self, id: u64) -> Option<[usize; LEASE_ENTRIES]> {
-        let mut positions = [None; LEASE_ENTRIES];
-        for i in 0..self.entry_count() {
-            let at = i * ENTRY_BYTES;
-            if self.is_lease_entry_of(id, at) {
-                // The entry's index is the tag's low 3 bits; 5 to 7 are no whole lease's.
-                if let Some(slot) = positions.get_mut((self.tag_at(at) & 7) as usize) {
-                    slot.get_or_insert(at);
+        // `lease_tag(id, 0)` has its 3 low bits clear: entry `e`'s tag is it plus `e`.
+        let first_tag = lease_tag(id, 0);
+        let mut positions = [usize::MAX; LEASE_ENTRIES];
+        let mut missing = LEASE_ENTRIES;
+        for (i, stored) in self.bytes.chunks_exact(ENTRY_BYTES).enumerate() {
+            let Some(tag) = stored.first_chunk::<8>() else { continue };
+            let entry = u64::from_le_bytes(*tag).wrapping_sub(first_tag);
+            if entry >= LEASE_ENTRIES as u64 {
+                continue;
+            }
+            if let Some(slot) = positions.get_mut(entry as usize).filter(|slot| **slot == usize::MAX) {
+                *slot = i * ENTRY_BYTES;
+                missing -= 1;
+                if missing == 0 {
+                    return Some(positions);
                 }
             }
         }
-        let mut found = [0; LEASE_ENTRIES];
-        for (to, from) in found.iter_mut().zip(positions) {
-            *to = from?;
-        }
-        Some(found)
+        None
     }
 
     /// Writes a fleet limit's lease over the stored one if that has all its entries (where

@@ -220,12 +220,12 @@ ensure_fuzz_tools() {
 }
 
 # Runs every fuzz target for SECONDS, one after the other at the lowest priority (other work on
-# the machine keeps its CPU). New inputs go to fuzz/work/ (the checked-in seeds in fuzz/corpus/
-# are read, not written); crashes to fuzz/artifacts/TARGET/, each run's log beside them.
-fuzz_all() {
-  local seconds=${1:-60}
-  [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || die "usage: ./build.sh fuzz [SECONDS]"
-  ensure_fuzz_tools
+# the machine keeps its CPU), in a subshell (it works in fuzz/). New inputs go to WORK/TARGET
+# (the checked-in seeds in fuzz/corpus/ are read, not written); crashes to fuzz/artifacts/TARGET/,
+# each run's log beside them. More arguments are libFuzzer flags.
+fuzz_targets() (
+  local seconds=$1 work=$2
+  shift 2
   cd "$ROOT/fuzz"
   # No sanitizer: the code under test is safe Rust, and ASan would halve the executions.
   # Release with debug assertions and overflow checks: cargo-fuzz's default.
@@ -234,10 +234,10 @@ fuzz_all() {
   nice -n 19 "${fuzz[@]}" build -s none >&2 || die "building the fuzz targets failed"
   local target failed=() log
   for target in $("${fuzz[@]}" list); do
-    mkdir -p "work/$target" "corpus/$target" "artifacts/$target"
+    mkdir -p "$work/$target" "corpus/$target" "artifacts/$target"
     log=artifacts/$target.log
-    if nice -n 19 "${fuzz[@]}" run -s none "$target" "work/$target" "corpus/$target" -- \
-        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+    if nice -n 19 "${fuzz[@]}" run -s none "$target" "$work/$target" "corpus/$target" -- \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "$@" >"$log" 2>&1; then
       printf '%-18s ok     %s\n' "$target" "$(fuzz_summary "$log")"
     else
       printf '%-18s FAILED %s (fuzz/%s; inputs in fuzz/artifacts/%s/)\n' "$target" "$(fuzz_summary "$log")" "$log" "$target"
@@ -245,6 +245,25 @@ fuzz_all() {
     fi
   done
   [ ${#failed[@]} -eq 0 ] || die "fuzzing found crashes in: ${failed[*]}"
+)
+
+fuzz_all() {
+  local seconds=${1:-60}
+  [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || die "usage: ./build.sh fuzz [SECONDS]"
+  ensure_fuzz_tools
+  fuzz_targets "$seconds" work
+}
+
+# The short run of every target in `./build.sh test`: from the checked-in corpus, with a fixed
+# seed (a run that passes here takes the same first steps on any machine), its new inputs
+# thrown away.
+FUZZ_SMOKE_SECONDS=10
+fuzz_smoke() {
+  ensure_fuzz_tools
+  local scratch
+  scratch=$(mktemp -d)
+  fuzz_targets "$FUZZ_SMOKE_SECONDS" "$scratch" -seed=1
+  rm -rf "$scratch"
 }
 
 # "N execs (R/s), coverage C edges, F features, corpus K" from a libFuzzer log.
@@ -284,6 +303,8 @@ test_all() {
   say "fuzz/: clippy, and its corpus replayed through the fuzz targets' checks (stable, no libFuzzer)"
   cargo clippy -q --locked --manifest-path fuzz/Cargo.toml --no-default-features --all-targets -- -D warnings
   cargo test -q --locked --manifest-path fuzz/Cargo.toml --no-default-features
+  say "fuzz/: a ${FUZZ_SMOKE_SECONDS} s coverage-guided run of every target (libFuzzer, nightly)"
+  fuzz_smoke
   say "core tests compiled to wasm32 (wasm-bindgen-test in Node)"
   cargo test --lib --target wasm32-unknown-unknown -p surgeguard
   say "a one-minute soak under faults (dist/soak/)"

@@ -1,7 +1,7 @@
 //! `decision`: requests with arbitrary attributes (method, path with invalid UTF-8 and query
 //! strings, header values, client address) from several workers, their stream ends, heartbeats
-//! and fleet lease calls, at arbitrary times, against one of a fixed set of policies and
-//! `store::MemoryStore`.
+//! and fleet lease calls, at arbitrary times, against one of a fixed set of policies or one
+//! built from the input (`policy`), and `store::MemoryStore`.
 //!
 //! - never panics or overflows; never fails open (this store neither fails nor races);
 //! - a refusal (rate limited or shed, enforce or shadow) writes nothing;
@@ -24,6 +24,8 @@ use surgeguard::fleet::LeaseCall;
 use surgeguard::ids::LimitId;
 use surgeguard::lease::Answer;
 use surgeguard::store::{MemoryStore, SharedStore, StoreError};
+
+use crate::policy::{PolicyShape, METHODS, PATHS, VALUES};
 
 const MS: u64 = 1_000_000;
 
@@ -75,10 +77,10 @@ const POLICIES: &[&str] = &[
     }"#,
 ];
 
-const METHODS: &[&[u8]] = &[b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b""];
-const PATHS: &[&[u8]] =
-    &[b"/", b"/checkout", b"/checkout/pay?x=1", b"/cart", b"/cart?x", b"/search?q=bot", b"/api/v1", b"/api?"];
-const VALUES: &[&[u8]] = &[b"", b"gold", b"GoogleBot/2.1", b"Mozilla", b"k1", b"k2", b"k3", b"10.0.0.1"];
+/// A first input byte below this picks one of [`POLICIES`] (an older corpus input keeps its
+/// meaning: a multiple of their number); from it up, a policy built from the input.
+const FIXED_PICKS: u8 = 200;
+const _: () = assert!((FIXED_PICKS as usize).is_multiple_of(POLICIES.len()));
 
 /// A value from a short list most of the time, so rules and keys match; any bytes otherwise.
 #[derive(Debug, Arbitrary)]
@@ -175,10 +177,15 @@ const WORKERS: u8 = 3;
 pub fn check(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(which) = u8::arbitrary(&mut u) else { return };
-    let json = POLICIES[usize::from(which) % POLICIES.len()];
+    let json = if which < FIXED_PICKS {
+        POLICIES[usize::from(which) % POLICIES.len()].to_string()
+    } else {
+        let Ok(shape) = PolicyShape::arbitrary(&mut u) else { return };
+        shape.json()
+    };
     let policy = match config::parse(json.as_bytes()) {
         Ok(p) => p,
-        Err(e) => panic!("a fixed policy is refused: {e:?}"),
+        Err(e) => panic!("a valid policy is refused: {json}\n{e:?}"),
     };
     let g = Admission::new(policy, "fuzz", 7);
     let store = CountingStore::default();

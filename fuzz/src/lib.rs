@@ -9,6 +9,7 @@ pub mod config;
 pub mod config_structured;
 pub mod decision;
 pub mod lease;
+pub mod policy;
 pub mod record;
 pub mod rls_response;
 
